@@ -1,0 +1,328 @@
+"""One config tree for every layer: nested dataclasses, YAML recipes, dotted overrides.
+
+Precedence (lowest to highest): dataclass defaults, the YAML recipe, `--set key=value` overrides.
+Every field is validated in `__post_init__`; an invalid value raises `ConfigError` naming the dotted
+field, the value and what would be valid. The resolved config is written into the run directory
+(`Config.to_dict()` / `dump_yaml`), so every run can be reproduced from its own folder.
+
+The cluster section lives here too (it is plain data), but only `cluster/` acts on it: `tgan/`
+never imports ray, deepspeed or prometheus_client.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FAMILIES = ("bigan", "tribigan", "mbgan", "dcgan")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the dotted field and what would be valid."""
+
+
+def _check(ok: bool, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r} is invalid: expected {expected}")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where the shards are and how each rank reads them."""
+
+    shards: str = "data/digits"
+    """Directory holding `index.json` and the `train-*.tar` / `test-*.tar` shards (from prepare_data)."""
+    dataset: str = "digits"
+    """Dataset name that `launch/prepare_data.py` uses when the shards are missing and can be made."""
+    image_size: int = 32
+    """Image side in pixels; must equal the index's image size (28, 32 or 64)."""
+    batch_size: int = 64
+    """Unlabelled images per rank per step (the global batch is this times the world size)."""
+    labelled_batch_size: int = 32
+    """Labelled images per rank per step, drawn from the labelled stream (0 = no labelled stream)."""
+    labelled_fraction: float | None = None
+    """Fraction of training examples that are labelled, in (0, 1]; exclusive with labels_per_class."""
+    labels_per_class: int | None = None
+    """Number of labelled examples per class ("N labels" in the papers); exclusive with labelled_fraction."""
+    label_seed: int = 0
+    """Seed of the labelled-subset choice (independent of the training seed)."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank (0 = read in the training process)."""
+    shuffle_buffer: int = 1000
+    """Size of the seeded shuffle buffer of the unlabelled stream."""
+    augment: str = "none"
+    """Augmentation of training images: none (as in the papers), flip, or crop_flip."""
+    resampled: bool = False
+    """Draw shards with replacement, for clusters with fewer shards than ranks x loader workers."""
+    verify_checksums: bool = True
+    """Check every shard's sha256 against the index before training starts."""
+
+    def __post_init__(self) -> None:
+        _check(self.image_size in (8, 16, 28, 32, 64), "data.image_size", self.image_size, "one of 8, 16, 28, 32, 64")
+        _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.labelled_batch_size >= 0, "data.labelled_batch_size", self.labelled_batch_size, "an integer >= 0")
+        if self.labelled_fraction is not None and self.labels_per_class is not None:
+            raise ConfigError("data.labelled_fraction and data.labels_per_class are both set: set only one")
+        if self.labelled_fraction is not None:
+            f = self.labelled_fraction
+            _check(0 < f <= 1, "data.labelled_fraction", f, "a number in (0, 1]")
+        if self.labels_per_class is not None:
+            _check(self.labels_per_class >= 1, "data.labels_per_class", self.labels_per_class, "an integer >= 1")
+        _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
+        _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
+        _check(self.augment in ("none", "flip", "crop_flip"), "data.augment", self.augment, "none, flip or crop_flip")
+
+    @property
+    def has_labels(self) -> bool:
+        return self.labelled_fraction is not None or self.labels_per_class is not None
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Which GAN family and how wide its networks are."""
+
+    family: str = "tribigan"
+    """bigan, tribigan, mbgan or dcgan."""
+    latent_dim: int = 100
+    """Size of z (100 in both papers)."""
+    embedding_dim: int = 500
+    """K: MBGAN's discriminator output size; for tribigan the size of E(x) is latent_dim (triplet acts on E(x))."""
+    width: float = 1.0
+    """Channel multiplier of the DCGAN tables (1.0 = the paper's 64..512 channels; 0.25 for CPU runs)."""
+    conditional: bool = False
+    """MBGAN only: feed a one-hot class to G and D (paper section 3.3)."""
+
+    def __post_init__(self) -> None:
+        _check(self.family in FAMILIES, "model.family", self.family, f"one of {', '.join(FAMILIES)}")
+        _check(self.latent_dim >= 1, "model.latent_dim", self.latent_dim, "an integer >= 1")
+        _check(self.embedding_dim >= 1, "model.embedding_dim", self.embedding_dim, "K >= 1")
+        _check(self.width > 0, "model.width", self.width, "a number > 0")
+        _check(not self.conditional or self.family == "mbgan", "model.conditional", self.conditional,
+               "false unless model.family is mbgan")
+
+
+@dataclass(kw_only=True)
+class LossConfig:
+    """Loss terms and their weights."""
+
+    nonsaturating: bool = True
+    """BiGAN/DCGAN: G and E minimise -log D(fake) (True) instead of log(1 - D(fake))."""
+    triplet_weight: float = 1.0
+    """tribigan: weight of the triplet term in the G/E loss."""
+    triplet_form: str = "softmax"
+    """softmax (Hoffer & Ailon: softplus(d+ - d-), the authors' code) or hinge (max(0, m + d+ - d-))."""
+    triplet_margin: float = 1.0
+    """Margin m of the hinge form and of semi-hard mining."""
+    miner: str = "all"
+    """Triplet miner over the global labelled batch: all, semihard or hard (batch-hard)."""
+    alpha: float = 20.0
+    """MBGAN: margin weight in h = alpha * ||x_j - G(z)||_1 (paper studies 0.2, 2, 20, 200)."""
+    l1_reduction: str = "mean"
+    """MBGAN: L1 norm of the margin averaged (mean) or summed (sum) over pixels."""
+    g_steps_per_d_step: int = 1
+    """N of Algorithm 1: generator steps per discriminator step."""
+
+    def __post_init__(self) -> None:
+        _check(self.triplet_weight >= 0, "loss.triplet_weight", self.triplet_weight, "a number >= 0")
+        _check(self.triplet_form in ("softmax", "hinge"), "loss.triplet_form", self.triplet_form, "softmax or hinge")
+        _check(self.triplet_margin >= 0, "loss.triplet_margin", self.triplet_margin, "a number >= 0")
+        _check(self.miner in ("all", "semihard", "hard"), "loss.miner", self.miner, "all, semihard or hard")
+        _check(self.alpha >= 0, "loss.alpha", self.alpha, "a number >= 0")
+        _check(self.l1_reduction in ("mean", "sum"), "loss.l1_reduction", self.l1_reduction, "mean or sum")
+        _check(self.g_steps_per_d_step >= 1, "loss.g_steps_per_d_step", self.g_steps_per_d_step, "an integer >= 1")
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """Adam for every network group, as in both papers."""
+
+    lr: float = 2e-4
+    """Learning rate of every group unless lr_d / lr_g are set."""
+    lr_d: float | None = None
+    """Discriminator learning rate (defaults to lr)."""
+    lr_g: float | None = None
+    """Generator (and encoder) learning rate (defaults to lr)."""
+    beta1: float = 0.5
+    beta2: float = 0.999
+    grad_clip: float = 0.0
+    """Clip each group's gradient norm to this value (0 = no clipping; the norm is reported before clipping)."""
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "lr_d", "lr_g"):
+            v = getattr(self, name)
+            _check(v is None or v > 0, f"optim.{name}", v, "a number > 0")
+        _check(0 <= self.beta1 < 1, "optim.beta1", self.beta1, "a number in [0, 1)")
+        _check(0 <= self.beta2 < 1, "optim.beta2", self.beta2, "a number in [0, 1)")
+        _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "a number >= 0 (0 = off)")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Length of the run, seeds, checkpoints and guards."""
+
+    steps: int = 1000
+    """Number of D steps (each followed by loss.g_steps_per_d_step G/E steps)."""
+    seed: int = 0
+    """Base seed; rank r uses tgan.dist.rank_seed(seed, r)."""
+    out_dir: str = "runs/default"
+    """Run directory: resolved config, checkpoints, samples, evaluation."""
+    device: str = "auto"
+    """auto (cuda when available), cpu or cuda."""
+    log_every: int = 10
+    checkpoint_every: int = 200
+    """Steps between checkpoints (0 = only at the end)."""
+    keep_checkpoints: int = 3
+    max_nonfinite_in_row: int = 5
+    """Stop with an error after this many consecutive non-finite steps (each is skipped and counted)."""
+    fault_step: int = -1
+    """Testing aid for fault tolerance: rank 1 (or 0 in a 1-worker run) exits once at this step (-1 = off)."""
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
+        _check(self.device in ("auto", "cpu", "cuda"), "train.device", self.device, "auto, cpu or cuda")
+        _check(self.log_every >= 1, "train.log_every", self.log_every, "an integer >= 1")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "an integer >= 0")
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
+        _check(self.max_nonfinite_in_row >= 1, "train.max_nonfinite_in_row", self.max_nonfinite_in_row,
+               "an integer >= 1")
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """Evaluation protocol (k-NN, mAP, linear probe) run at the end of training and by evaluate.py."""
+
+    max_k: int = 10
+    """k-NN accuracy is reported for k = 1..max_k."""
+    max_train: int = 0
+    """Use at most this many training images as the gallery/probe training set (0 = all)."""
+    max_test: int = 0
+    """Use at most this many test images as queries (0 = all)."""
+    probe: str = "logreg"
+    """Linear probe: logreg or svm (L2-regularised, C chosen on a validation split)."""
+    pictures: bool = True
+    """Write sample grid, interpolation, reconstructions and grad-norm plot as PNG."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_k >= 1, "eval.max_k", self.max_k, "an integer >= 1")
+        _check(self.probe in ("logreg", "svm"), "eval.probe", self.probe, "logreg or svm")
+
+
+@dataclass(kw_only=True)
+class ClusterConfig:
+    """How `cluster/` runs the loop on Ray Train (ignored by the one-process loop)."""
+
+    backend: str = "ddp"
+    """ddp or deepspeed."""
+    num_workers: int = 2
+    """Ray Train workers (ranks); one per GPU on a GPU cluster."""
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    storage_path: str = ""
+    """Absolute path or URI (s3://, gs://) for checkpoints; empty = <out_dir>/ray (absolute). Multi-node needs shared storage."""
+    max_failures: int = 0
+    """Ray Train restarts of the worker group from the last checkpoint."""
+    deepspeed: dict = field(default_factory=lambda: {"zero_optimization": {"stage": 0}})
+    """DeepSpeed config section merged into each engine's config (zero_optimization, bf16, fp16, ...)."""
+    metrics: bool = True
+    """Export Prometheus metrics through Ray's per-node metrics endpoint."""
+
+    def __post_init__(self) -> None:
+        _check(self.backend in ("ddp", "deepspeed"), "cluster.backend", self.backend, "ddp or deepspeed")
+        _check(self.num_workers >= 1, "cluster.num_workers", self.num_workers, "an integer >= 1")
+        _check(self.cpus_per_worker > 0, "cluster.cpus_per_worker", self.cpus_per_worker, "a number > 0")
+        _check(self.max_failures >= -1, "cluster.max_failures", self.max_failures, "an integer >= -1")
+
+
+@dataclass(kw_only=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.family == "tribigan":
+            _check(self.data.has_labels, "data.labelled_fraction", None,
+                   "a labelled_fraction or labels_per_class for model.family=tribigan")
+            _check(self.data.labelled_batch_size >= 2, "data.labelled_batch_size", self.data.labelled_batch_size,
+                   ">= 2 for model.family=tribigan (triplets need labelled pairs)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, values: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = prefix.rstrip(".") or "the config"
+        raise ConfigError(f"unknown key {prefix}{unknown[0]} in {where}: valid keys are {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{name} must be a mapping, got {value!r}")
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for t in options:
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t in (int, str, bool, dict) and isinstance(value, t) and not (t is int and isinstance(value, bool)):
+            return value
+    raise ConfigError(f"{name}={value!r} has the wrong type: expected {hint}")
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. loss.alpha=20)")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw != "" else ""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML recipe at `path` <- dotted `overrides` ("loss.alpha=20")."""
+    values: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"recipe {p} does not exist (recipes live in launch/recipes/)")
+        values = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"recipe {p} must be a YAML mapping of sections (data, model, loss, ...)")
+    for item in overrides:
+        keys, value = _parse_override(item)
+        node = values
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {k} is not a section")
+        node[keys[-1]] = value
+    return _build(Config, values, "")
+
+
+def config_from_dict(values: dict) -> Config:
+    """Rebuild a Config from `Config.to_dict()` (e.g. the copy saved in a checkpoint)."""
+    return _build(Config, values, "")
+
+
+def dump_yaml(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
