@@ -86,7 +86,7 @@ class DataConfig:
 class ModelConfig:
     """Which GAN family and how wide its networks are."""
 
-    family: str = "tribigan"
+    family: str = "bigan"
     """bigan, tribigan, mbgan or dcgan."""
     latent_dim: int = 100
     """Size of z (100 in both papers)."""
