@@ -92,6 +92,7 @@ class ConvTrunk(nn.Module):
             c_in = c_out
         self.layers = nn.ModuleList(layers)
         self.out_features = c_in * BASE_SIDE * BASE_SIDE
+        init_dcgan(self)
 
     def activations(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every conv layer's output (after its activation), for the DCGAN feature protocol."""
