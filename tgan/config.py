@@ -181,6 +181,9 @@ class TrainConfig:
     """Stop with an error after this many consecutive non-finite steps (each is skipped and counted)."""
     fault_step: int = -1
     """Testing aid for fault tolerance: rank 1 (or 0 in a 1-worker run) exits once at this step (-1 = off)."""
+    resume: str = "auto"
+    """auto: continue from the newest checkpoint in out_dir/checkpoints when there is one; never: start
+    fresh (out_dir must hold no checkpoints); or the path of a checkpoint directory to start from."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
@@ -190,6 +193,7 @@ class TrainConfig:
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
         _check(self.max_nonfinite_in_row >= 1, "train.max_nonfinite_in_row", self.max_nonfinite_in_row,
                "an integer >= 1")
+        _check(self.resume != "", "train.resume", self.resume, "auto, never or a checkpoint directory")
 
 
 @dataclass(kw_only=True)
@@ -286,6 +290,12 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     for t in options:
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if t is float and isinstance(value, str):
+            # YAML 1.1 reads 1e-4 (no dot) as a string; accept it as the number it is meant to be.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if t in (int, str, bool, dict) and isinstance(value, t) and not (t is int and isinstance(value, bool)):
             return value
     raise ConfigError(f"{name}={value!r} has the wrong type: expected {hint}")

@@ -1,0 +1,77 @@
+"""The config tree: defaults, precedence (defaults < recipe < overrides), validation naming the field."""
+import pytest
+import yaml
+
+from tgan.config import Config, ConfigError, config_from_dict, dump_yaml, load_config
+
+
+def write(tmp_path, values):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def test_defaults_are_valid_and_round_trip(tmp_path):
+    cfg = load_config()
+    assert cfg == Config()
+    assert config_from_dict(cfg.to_dict()) == cfg
+    dump_yaml(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_recipe_overrides_defaults_and_set_overrides_recipe(tmp_path):
+    path = write(tmp_path, {"loss": {"alpha": 2.0}, "optim": {"lr": 1e-3}})
+    cfg = load_config(path, ["loss.alpha=0.2", "train.steps=7", "optim.lr_d=1e-4", "model.family=mbgan"])
+    assert (cfg.loss.alpha, cfg.optim.lr, cfg.optim.lr_d, cfg.train.steps) == (0.2, 1e-3, 1e-4, 7)
+    assert cfg.model.family == "mbgan"
+    assert cfg.optim.beta1 == 0.5  # untouched default (Adam beta1 of the papers)
+
+
+def test_integers_are_accepted_for_floats_but_not_strings_for_numbers(tmp_path):
+    assert load_config(None, ["loss.alpha=20"]).loss.alpha == 20.0
+    with pytest.raises(ConfigError, match="loss.alpha"):
+        load_config(None, ["loss.alpha=abc"])
+    with pytest.raises(ConfigError, match="train.steps"):
+        load_config(None, ["train.steps=true"])
+
+
+@pytest.mark.parametrize("override, field", [
+    ("loss.alpha=-1", "loss.alpha"),
+    ("model.embedding_dim=0", "model.embedding_dim"),
+    ("data.labelled_fraction=1.5", "data.labelled_fraction"),
+    ("data.labelled_fraction=0", "data.labelled_fraction"),
+    ("data.image_size=30", "data.image_size"),
+    ("optim.beta1=1.0", "optim.beta1"),
+    ("optim.grad_clip=-0.1", "optim.grad_clip"),
+    ("loss.g_steps_per_d_step=0", "loss.g_steps_per_d_step"),
+    ("train.max_nonfinite_in_row=0", "train.max_nonfinite_in_row"),
+    ("train.keep_checkpoints=0", "train.keep_checkpoints"),
+    ("train.resume=", "train.resume"),
+    ("cluster.backend=horovod", "cluster.backend"),
+])
+def test_invalid_values_name_the_dotted_field(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_cross_field_rules():
+    with pytest.raises(ConfigError, match="both set"):
+        load_config(None, ["data.labelled_fraction=0.1", "data.labels_per_class=10"])
+    with pytest.raises(ConfigError, match="model.family=tribigan"):
+        load_config(None, ["model.family=tribigan"])
+    with pytest.raises(ConfigError, match="model.conditional"):
+        load_config(None, ["model.conditional=true"])
+    cfg = load_config(None, ["model.family=tribigan", "data.labels_per_class=10"])
+    assert cfg.data.has_labels
+
+
+def test_unknown_keys_and_bad_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="loss.alpah"):
+        load_config(None, ["loss.alpah=1"])
+    with pytest.raises(ConfigError, match="not of the form"):
+        load_config(None, ["loss.alpha"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+        load_config(tmp_path / "list.yaml")

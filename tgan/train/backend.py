@@ -1,0 +1,151 @@
+"""Backends: who wraps the trained networks, runs backward, measures and clips gradients, steps the
+optimizers and saves their state. The loop only talks to this interface, so the plain/DDP backend
+here and the DeepSpeed backend in cluster/ are interchangeable.
+
+One optimizer (Adam, as in both papers) per optimizer group of the family (`family.groups`, e.g.
+{"D": ("D",), "G": ("G", "E")}); group "D" uses optim.lr_d, every other group optim.lr_g (both
+default to optim.lr).
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from tgan import dist
+from tgan.config import OptimConfig
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step of a group did."""
+
+    grad_norms: dict[str, float]
+    """L2 norm of each network's gradient in the group, measured before clipping."""
+    finite: bool
+    """False when the loss or a gradient norm was not finite: the optimizer step was skipped."""
+
+
+class Backend(abc.ABC):
+    """The training state the loop does not touch directly: wrapped networks and optimizers."""
+
+    @abc.abstractmethod
+    def setup(self, nets: dict[str, nn.Module], groups: dict[str, tuple[str, ...]], optim_cfg: OptimConfig,
+              device: torch.device) -> None:
+        """Take ownership of `nets` (already on `device`), wrap them and build one optimizer per group."""
+
+    @abc.abstractmethod
+    def module(self, name: str) -> nn.Module:
+        """The network to call when it is trained in this phase (DDP- or DeepSpeed-wrapped)."""
+
+    @abc.abstractmethod
+    def raw(self, name: str) -> nn.Module:
+        """The plain nn.Module: called frozen by the other phases, saved in checkpoints, evaluated."""
+
+    @abc.abstractmethod
+    def step(self, group: str, loss: torch.Tensor) -> StepResult:
+        """Backward `loss` through the group's networks, measure per-network gradient norms, clip to
+        optim.grad_clip, then step the group's optimizer, or skip it when anything is non-finite.
+        Every rank must reach the same decision. Gradients are cleared either way."""
+
+    @abc.abstractmethod
+    def save(self, directory: Path) -> None:
+        """Called on every rank: write what resuming needs besides the networks (optimizer state; a
+        DeepSpeed backend writes its engines' per-rank files) into `directory`."""
+
+    @abc.abstractmethod
+    def load(self, directory: Path) -> None:
+        """Called on every rank after `setup`: restore what `save` wrote."""
+
+
+def group_lr(group: str, cfg: OptimConfig) -> float:
+    """optim.lr_d for the discriminator group, optim.lr_g for the others, optim.lr by default."""
+    specific = cfg.lr_d if group == "D" else cfg.lr_g
+    return cfg.lr if specific is None else specific
+
+
+def grad_norm(module: nn.Module) -> torch.Tensor:
+    """L2 norm over all of a module's gradients (0 when none has a gradient), left on the device."""
+    norms = [p.grad.detach().norm(2) for p in module.parameters() if p.grad is not None]
+    if not norms:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+class TorchBackend(Backend):
+    """Plain PyTorch in one process; DistributedDataParallel per network when a process group with
+    more than one rank exists (each network is wrapped on its own so a phase can train some and call
+    the others raw and frozen)."""
+
+    def __init__(self) -> None:
+        self._raw: dict[str, nn.Module] = {}
+        self._wrapped: dict[str, nn.Module] = {}
+        self._groups: dict[str, tuple[str, ...]] = {}
+        self._optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._grad_clip = 0.0
+
+    def setup(self, nets, groups, optim_cfg, device):
+        self._raw = dict(nets)
+        self._groups = dict(groups)
+        self._grad_clip = optim_cfg.grad_clip
+        distributed = dist.world_size() > 1
+        for name, net in self._raw.items():
+            if distributed:
+                ids = [device.index] if device.type == "cuda" else None
+                self._wrapped[name] = DistributedDataParallel(net, device_ids=ids)
+            else:
+                self._wrapped[name] = net
+        for group, names in self._groups.items():
+            params = [p for n in names for p in self._raw[n].parameters()]
+            self._optimizers[group] = torch.optim.Adam(
+                params, lr=group_lr(group, optim_cfg), betas=(optim_cfg.beta1, optim_cfg.beta2))
+
+    def module(self, name):
+        return self._wrapped[name]
+
+    def raw(self, name):
+        return self._raw[name]
+
+    def step(self, group, loss):
+        names = self._groups[group]
+        optimizer = self._optimizers[group]
+        loss.backward()
+        norms = torch.stack([grad_norm(self._raw[n]).to(loss.device) for n in names])
+        total = torch.linalg.vector_norm(norms)
+        ok = torch.isfinite(loss.detach()) & torch.isfinite(total)
+        if dist.world_size() > 1:
+            # DDP all-reduces the gradients, but a loss can be inf on one rank with finite gradients:
+            # agree explicitly so that no rank steps while another skips.
+            flag = ok.to(torch.int32)
+            torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MIN)
+            ok = flag.bool()
+        values = torch.cat([norms.detach(), ok.reshape(1).to(norms.dtype)]).tolist()
+        finite = bool(values[-1])
+        if finite:
+            if self._grad_clip > 0:
+                params = [p for n in names for p in self._raw[n].parameters() if p.grad is not None]
+                torch.nn.utils.clip_grads_with_norm_(params, self._grad_clip, total)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return StepResult(grad_norms=dict(zip(names, values[:-1])), finite=finite)
+
+    def save(self, directory):
+        # Under DDP every rank holds the same optimizer state; one copy is enough.
+        if dist.rank() == 0:
+            torch.save({g: opt.state_dict() for g, opt in self._optimizers.items()}, Path(directory) / "optim.pt")
+
+    def load(self, directory):
+        path = Path(directory) / "optim.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {directory} has no optim.pt (was it written by another backend?)")
+        states = torch.load(path, map_location="cpu", weights_only=True)
+        missing = sorted(set(self._optimizers) - set(states))
+        if missing:
+            raise ValueError(f"{path} has no optimizer state for group {missing[0]} (groups saved: {sorted(states)})")
+        for group, opt in self._optimizers.items():
+            opt.load_state_dict(states[group])
