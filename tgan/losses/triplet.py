@@ -43,6 +43,8 @@ def mine(dist: torch.Tensor, labels: torch.Tensor, miner: str, margin: float) ->
     diff = pair & (labels[:, None] != labels[None, :])
     d = dist.detach()
     if miner == "hard":
+        if n == 0:  # argmax over an empty row is undefined
+            return (labels.new_zeros(0, dtype=torch.long),) * 3
         anchors = torch.nonzero(same.any(1) & diff.any(1)).squeeze(1)
         far_pos = d.masked_fill(~same, -1.0).argmax(1)  # distances are >= 0, so -1 never wins
         near_neg = d.masked_fill(~diff, float("inf")).argmin(1)
