@@ -1,0 +1,238 @@
+"""The training loop: one step = the D phase, then `loss.g_steps_per_d_step` steps of every other
+group (G/E), all on the same real batch (Algorithm 1 of the MBGAN paper draws only new z for the G
+steps; the loss draws z itself). The loop never knows which family it trains: the family gives the
+networks, the optimizer groups and the loss; the backend does backward and the optimizer steps.
+
+Runs in one process or on every rank of a torch.distributed process group (the backend wraps the
+trained networks in DDP); everything rank-dependent goes through tgan.dist.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from tgan import dist
+from tgan.config import Config, ConfigError, dump_yaml
+from tgan.data.streams import build_streams
+from tgan.losses.base import Batch
+from tgan.models.registry import get_family
+from tgan.train import checkpoint as ckpt
+from tgan.train.backend import Backend, TorchBackend
+from tgan.train.shards import ensure_shards
+
+Reporter = Callable[[int, dict[str, float], "Path | None"], None]
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient norm."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    """Completed steps (train.steps unless the run was already further along)."""
+    scalars: dict[str, float]
+    """The last step's scalars (losses, grad norms, perf, counters)."""
+    checkpoint: Path | None
+    """The last checkpoint written or resumed from."""
+    nets: dict[str, nn.Module]
+    """The raw trained networks."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available; on CUDA each rank takes its local GPU (LOCAL_RANK, set by launchers)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device='cuda' but no CUDA device is available: use auto or cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist.rank() % torch.cuda.device_count())))
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def find_resume(cfg: Config, resume_from: str | Path | None) -> Path | None:
+    """The checkpoint to start from: an explicit path, else train.resume (auto/never/a path)."""
+    choice = str(resume_from) if resume_from is not None else cfg.train.resume
+    if choice == "never":
+        existing = ckpt.latest_checkpoint(cfg.train.out_dir)
+        if existing is not None:
+            raise ConfigError(f"train.resume=never but train.out_dir={cfg.train.out_dir!r} already holds checkpoints "
+                              f"(newest {existing.name}): choose a new train.out_dir or train.resume=auto")
+        return None
+    if choice == "auto":
+        return ckpt.latest_checkpoint(cfg.train.out_dir)
+    if not (Path(choice) / "state.pt").is_file():
+        raise ConfigError(f"train.resume={choice!r} is not a checkpoint directory (no state.pt in it)")
+    return Path(choice)
+
+
+class PhaseRunner:
+    """Runs one optimizer step of a group: trained networks wrapped, the others raw and frozen."""
+
+    def __init__(self, backend: Backend, groups: dict[str, tuple[str, ...]], loss_fn, names: list[str]):
+        self.backend, self.groups, self.loss_fn, self.names = backend, groups, loss_fn, names
+
+    def __call__(self, group: str, batch: Batch):
+        trained = self.groups[group]
+        frozen = [self.backend.raw(n) for n in self.names if n not in trained]
+        flags = [[p.requires_grad for p in net.parameters()] for net in frozen]
+        for net in frozen:
+            net.requires_grad_(False)
+        try:
+            nets = {n: self.backend.module(n) if n in trained else self.backend.raw(n) for n in self.names}
+            loss, scalars = self.loss_fn.phase_loss(group, nets, batch)
+            result = self.backend.step(group, loss)
+        finally:
+            for net, saved in zip(frozen, flags):
+                for p, flag in zip(net.parameters(), saved):
+                    p.requires_grad_(flag)
+        return scalars, result
+
+
+def _next_batch(streams, device: torch.device) -> Batch:
+    x, y = next(streams.unlabelled)
+    xl = yl = None
+    if streams.labelled is not None:
+        xl, yl = next(streams.labelled)
+        xl, yl = xl.to(device, non_blocking=True), yl.to(device, non_blocking=True)
+    return Batch(x.to(device, non_blocking=True), y.to(device, non_blocking=True), xl, yl)
+
+
+def _global_sum(value: int, device: torch.device) -> int:
+    if not dist.is_dist():
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    torch_dist.all_reduce(t)
+    return int(t.item())
+
+
+def _maybe_fault(cfg: Config, step: int) -> None:
+    """train.fault_step: one rank dies once (a marker file remembers it) to exercise restarts."""
+    target = 1 if dist.world_size() > 1 else 0
+    marker = Path(cfg.train.out_dir) / f".fault_injected_{step}"
+    if step == cfg.train.fault_step and dist.rank() == target and not marker.exists():
+        marker.touch()
+        print(f"train.fault_step={step}: rank {target} exits on purpose", file=sys.stderr, flush=True)
+        os._exit(3)
+
+
+def _trim_metrics(path: Path, last_step: int) -> None:
+    """On resume, drop metric lines of steps after the checkpoint: they are about to be redone."""
+    if path.is_file():
+        lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= last_step]
+        path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | None = None,
+          resume_from: str | Path | None = None) -> TrainResult:
+    """Train `cfg` on this rank; returns when train.steps steps are done.
+
+    `reporter(step, scalars, checkpoint_dir_or_None)` is called on every rank at every log step and
+    at every checkpoint; rank 0 also appends the scalars to <out_dir>/metrics.jsonl.
+    """
+    rank, world = dist.rank(), dist.world_size()
+    device = resolve_device(cfg.train.device)
+    out = Path(cfg.train.out_dir)
+    metrics_path = out / "metrics.jsonl"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, out / "config.yaml")
+    ensure_shards(cfg.data)
+
+    streams = build_streams(cfg.data, rank=rank, world_size=world, seed=cfg.train.seed)
+    index = streams.index
+    meta = {"channels": index.channels, "image_size": index.image_size, "num_classes": index.num_classes}
+    family = get_family(cfg.model.family)
+    # Same initial weights on every rank (DDP would broadcast rank 0's anyway; this keeps W=1 and W>1 equal).
+    torch.manual_seed(dist.rank_seed(cfg.train.seed, 0, "init"))
+    nets = family.build_networks(cfg.model, **meta)
+    loss_fn = family.make_loss(cfg.loss, cfg.model, index.num_classes)
+
+    start, counters, ckpt_path = 0, {"nonfinite_skipped": 0, "nonfinite_in_row": 0}, None
+    resume = find_resume(cfg, resume_from)
+    if resume is not None:
+        state = ckpt.load_checkpoint(resume)
+        for name, net in nets.items():
+            net.load_state_dict(state["nets"][name])
+        start, counters, ckpt_path = state["step"], state["counters"], resume
+    for net in nets.values():
+        net.to(device).train()
+    backend = backend if backend is not None else TorchBackend()
+    backend.setup(nets, family.groups, cfg.optim, device)
+
+    seed_everything(dist.rank_seed(cfg.train.seed, rank))
+    if resume is not None:
+        backend.load(resume)
+        saved = ckpt.load_rank_state(resume, rank, world)
+        streams.load_state_dict(saved["data"])
+        ckpt.set_rng_state(saved["rng"])
+        if rank == 0:
+            _trim_metrics(metrics_path, start)
+            print(f"resumed from {resume} at step {start}", flush=True)
+
+    run_phase = PhaseRunner(backend, family.groups, loss_fn, list(nets))
+    images_per_step = cfg.data.batch_size * world
+    scalars: dict[str, float] = {}
+    for step in range(start + 1, cfg.train.steps + 1):
+        _maybe_fault(cfg, step)
+        t0 = time.perf_counter()
+        batch = _next_batch(streams, device)
+        data_wait = time.perf_counter() - t0
+
+        scalars, grad_norms, skipped = {}, {}, 0
+        for group in family.groups:
+            for _ in range(1 if group == "D" else cfg.loss.g_steps_per_d_step):
+                phase_scalars, result = run_phase(group, batch)
+                scalars.update(phase_scalars)
+                grad_norms.update(result.grad_norms)
+                skipped += not result.finite
+        step_time = time.perf_counter() - t0
+
+        counters["nonfinite_skipped"] += skipped
+        counters["nonfinite_in_row"] = counters["nonfinite_in_row"] + 1 if skipped else 0
+        give_up = counters["nonfinite_in_row"] >= cfg.train.max_nonfinite_in_row
+        scalars.update({f"grad_norm/{n}": v for n, v in grad_norms.items()})
+        scalars.update({"perf/images_per_s": images_per_step / step_time, "perf/step_time_s": step_time,
+                        "perf/data_wait_s": data_wait, "nonfinite_skipped": counters["nonfinite_skipped"]})
+        is_log = step % cfg.train.log_every == 0 or step == cfg.train.steps or give_up
+        every = cfg.train.checkpoint_every
+        is_ckpt = not give_up and (step == cfg.train.steps or (every > 0 and step % every == 0))
+        if is_log or is_ckpt:
+            scalars["data/corrupt_samples"] = _global_sum(streams.corrupt_samples, device)
+        saved_path = None
+        if is_ckpt:
+            saved_path = ckpt_path = ckpt.save_checkpoint(
+                out, step, backend=backend, keep=cfg.train.keep_checkpoints,
+                state={"config": cfg.to_dict(), "meta": meta, "counters": dict(counters),
+                       "nets": {n: backend.raw(n).state_dict() for n in nets}},
+                rank_state={"world_size": world, "rng": ckpt.rng_state(), "data": streams.state_dict()})
+        if is_log and rank == 0:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps({"step": step, **scalars}) + "\n")
+        if (is_log or is_ckpt) and reporter is not None:
+            reporter(step, scalars, saved_path)
+        if give_up:
+            raise NonFiniteError(
+                f"{counters['nonfinite_in_row']} steps in a row (up to step {step}) had a non-finite loss or "
+                f"gradient norm and were skipped (train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); "
+                f"last scalars {scalars}: lower optim.lr or set optim.grad_clip")
+
+    return TrainResult(step=max(start, cfg.train.steps), scalars=scalars, checkpoint=ckpt_path,
+                       nets={n: backend.raw(n) for n in nets})

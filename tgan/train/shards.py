@@ -1,0 +1,32 @@
+"""Make sure the shards a run reads exist before any rank opens them.
+
+The offline "digits" set needs no download, so a missing digits shard directory is prepared here
+(by rank 0 while the others wait); any other missing data set fails with the command that makes it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tgan import dist
+from tgan.config import DataConfig
+from tgan.data.index import INDEX_NAME
+from tgan.data.prepare import write_shards
+from tgan.data.sources import make_source
+
+# Digits has 1,437 training images; small shards give every rank and loader worker its own share.
+DIGITS_SHARD_SIZE = 200
+
+
+def ensure_shards(data_cfg: DataConfig) -> Path:
+    shards = Path(data_cfg.shards)
+    if not (shards / INDEX_NAME).is_file():
+        if data_cfg.dataset != "digits":
+            raise FileNotFoundError(
+                f"data.shards={str(shards)!r} has no {INDEX_NAME}; make the shards first with: python "
+                f"launch/prepare_data.py --dataset {data_cfg.dataset} --root <directory with its files> "
+                f"--out {shards} --image-size {data_cfg.image_size}")
+        if dist.rank() == 0:
+            source = make_source("digits", None, image_size=data_cfg.image_size)
+            write_shards(source, shards, shard_size=DIGITS_SHARD_SIZE, progress=False)
+    dist.barrier()
+    return shards
