@@ -1,0 +1,26 @@
+"""Training augmentations named by `data.augment` (none by default, as in the papers).
+
+Randomness comes from a generator the caller seeds per batch (a pure function of seed, reader and
+batch number), so a resumed run draws the same flips and crops as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def augment(x: torch.Tensor, name: str, gen: torch.Generator) -> torch.Tensor:
+    """x: float [B, C, H, W]. `flip`: horizontal flip with p=1/2. `crop_flip`: reflect-pad by H/8, crop a
+    random HxW window (the usual CIFAR recipe), then flip."""
+    if name == "none":
+        return x
+    if name not in ("flip", "crop_flip"):
+        raise ValueError(f"data.augment={name!r} is invalid: expected none, flip or crop_flip")
+    b, _, h, w = x.shape
+    if name == "crop_flip":
+        pad = max(1, h // 8)
+        padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=gen)
+        x = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
+    flip = torch.rand(b, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)

@@ -1,0 +1,125 @@
+"""Sample encoding in the shards and reading them back.
+
+A sample is a group of tar members sharing a key: `<key>.png` (lossless, 8-bit grey or RGB),
+`<key>.cls` (class index as ASCII, absent for datasets without classes) and, for CelebA,
+`<key>.attr.npy` (uint8 [40], 0/1). Keys are `<split>_<index:06d>` in the source dataset's order,
+so they are unique and stable across reruns.
+"""
+from __future__ import annotations
+
+import io
+import struct
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tgan.data.index import DataError
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# PNG colour types (IHDR byte 25) -> channels as decoded: grey, RGB (palette and alpha are not written here).
+_PNG_CHANNELS = {0: 1, 2: 3}
+
+
+def sample_key(split: str, i: int) -> str:
+    return f"{split}_{i:06d}"
+
+
+def encode_sample(key: str, image: np.ndarray, cls: int | None, attrs: np.ndarray | None) -> dict:
+    """`image` is uint8 HxWxC (C = 1 or 3); returns the dict that webdataset's TarWriter writes."""
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] in (1, 3), image.shape
+    pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG", compress_level=6)
+    sample = {"__key__": key, "png": buf.getvalue()}
+    if cls is not None:
+        sample["cls"] = str(int(cls)).encode()
+    if attrs is not None:
+        abuf = io.BytesIO()
+        np.save(abuf, np.asarray(attrs, dtype=np.uint8))
+        sample["attr.npy"] = abuf.getvalue()
+    return sample
+
+
+def png_header(data: bytes) -> tuple[int, int, int]:
+    """(width, height, channels) from the PNG IHDR chunk, without decoding the pixels."""
+    if len(data) < 26 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG file")
+    width, height = struct.unpack(">II", data[16:24])
+    bit_depth, colour = data[24], data[25]
+    if bit_depth != 8 or colour not in _PNG_CHANNELS:
+        raise ValueError(f"PNG of bit depth {bit_depth} and colour type {colour}; expected 8-bit grey or RGB")
+    return width, height, _PNG_CHANNELS[colour]
+
+
+def check_image(data: bytes, *, size: int, channels: int, where: str) -> None:
+    """Raise DataError naming `where` when the stored image is not size x size with `channels` channels."""
+    try:
+        w, h, c = png_header(data)
+    except ValueError as e:
+        raise DataError(f"{where}: unreadable image ({e})") from e
+    if (w, h, c) != (size, size, channels):
+        raise DataError(f"{where}: image is {w}x{h} with {c} channel(s) but the index says "
+                        f"{size}x{size} with {channels}; rerun launch/prepare_data.py for this directory")
+
+
+def decode_image(data: bytes, *, size: int, channels: int) -> torch.Tensor:
+    """PNG bytes -> uint8 tensor [C, H, W]; ValueError when it is not size x size x channels."""
+    w, h, c = png_header(data)
+    if (w, h, c) != (size, size, channels):
+        raise ValueError(f"image is {w}x{h}x{c}, expected {size}x{size}x{channels}")
+    with Image.open(io.BytesIO(data)) as im:
+        arr = np.asarray(im)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, C, H, W] -> float32 in [-1, 1] (the generator's tanh range)."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def decode_label(sample: dict) -> int:
+    return int(sample["cls"]) if "cls" in sample else -1
+
+
+def read_shard(path: Path, expected: int, on_missing: Callable[[Path, int, str], None]) -> Iterator[dict]:
+    """Yield the raw samples (`{"__key__", "__url__": path, "png": bytes, ...}`) of one tar shard, in order.
+
+    A truncated or corrupt tar ends the shard early; the samples the index promised but that could not
+    be read are reported once per shard through `on_missing(path, n_missing, reason)` instead of
+    vanishing. An incomplete sample at the break is dropped (and counted among the missing).
+    """
+    yielded = 0
+    reason = ""
+    current: dict | None = None
+    try:
+        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for member in tar:
+                if not member.isreg():
+                    continue
+                key, _, ext = Path(member.name).name.partition(".")
+                data = tar.extractfile(member).read()
+                if len(data) != member.size:
+                    raise tarfile.ReadError("unexpected end of data")
+                if current is not None and current["__key__"] != key:
+                    yielded += 1
+                    yield current
+                    current = None
+                if current is None:
+                    current = {"__key__": key, "__url__": path}
+                current[ext] = data
+    except (tarfile.TarError, OSError, EOFError) as e:
+        reason = f"{type(e).__name__}: {e}"
+        current = None
+    if current is not None:
+        yielded += 1
+        yield current
+    if yielded < expected:
+        on_missing(path, expected - yielded, reason or "fewer samples than the index lists")
+

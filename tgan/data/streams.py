@@ -1,0 +1,208 @@
+"""What the training loop reads: `build_streams(data_cfg, rank=, world_size=, seed=) -> Streams`.
+
+Before any training, `build_streams` checks the whole training split once (on every rank): the
+index matches `data.image_size`, every shard exists and (with `data.verify_checksums`) has its
+sha256, every image header has the index's size and channels, there are enough shards for every
+reader. The same pass picks the labelled subset (see labelled.py) and keeps its images.
+
+The labelled subset is small (a fraction or a few per class), so it lives in memory as uint8 and is
+resampled from there: pass p over it follows a permutation seeded by (seed, rank, p), batches run
+across passes without end, and the position is just a batch count. That gives every step
+`labelled_batch_size` labelled rows however small the fraction, and an exact resume for free.
+"""
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from tgan.config import DataConfig
+from tgan.data.augment import augment
+from tgan.data.codec import check_image, decode_image, decode_label, read_shard, to_float
+from tgan.data.index import DataError, DatasetIndex, check_shard_files, load_index
+from tgan.data.labelled import LabelledSelector, setting_counts
+from tgan.data.reader import ShardStream
+from tgan.dist import rank_seed
+
+log = logging.getLogger("tgan.data")
+
+
+class LabelledStream:
+    """Endless batches `(xl, yl)` from the in-memory labelled subset; `keys` names its examples."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, keys: list[str], *, batch_size: int,
+                 seed: int, rank: int, augment: str = "none"):
+        self.images, self.labels, self.keys = images, labels, keys
+        self.batch_size, self.augment = batch_size, augment
+        self.seed = rank_seed(seed, rank, "labelled")
+        self.position = 0
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def _permutation(self, p: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != p:
+            gen = torch.Generator().manual_seed(rank_seed(self.seed, 0, f"pass/{p}"))
+            self._perm = (p, torch.randperm(len(self.keys), generator=gen))
+        return self._perm[1]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.keys)
+        start = self.position * self.batch_size
+        idx = torch.stack([self._permutation(pos // n)[pos % n] for pos in range(start, start + self.batch_size)])
+        gen = torch.Generator().manual_seed(rank_seed(self.seed, 0, f"augment/{self.position}"))
+        self.position += 1
+        return augment(to_float(self.images[idx]), self.augment, gen), self.labels[idx]
+
+
+class UnlabelledStream:
+    """Endless `(x, y)` batches of one rank from a DataLoader over a ShardStream, with its position."""
+
+    def __init__(self, make_dataset, *, num_workers: int):
+        self.make_dataset, self.num_workers = make_dataset, num_workers
+        self.position = 0
+        self.corrupt = 0
+        self._it = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._it is None:
+            loader = DataLoader(self.make_dataset(start_batch=self.position), batch_size=None,
+                                num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+            self._it = iter(loader)
+        x, y, delta = next(self._it)
+        self.position += 1
+        self.corrupt += int(delta)
+        return x, y
+
+    def seek(self, position: int) -> None:
+        """Continue from batch `position`; the old loader's workers stop when it is released."""
+        self.position = position
+        self._it = None
+
+
+class Streams:
+    def __init__(self, index: DatasetIndex, unlabelled: UnlabelledStream, labelled: LabelledStream | None,
+                 layout: dict):
+        self.index, self.unlabelled, self.labelled = index, unlabelled, labelled
+        self._layout = layout
+
+    @property
+    def corrupt_samples(self) -> int:
+        """Samples skipped as corrupt so far, including those skipped inside loader worker processes."""
+        return self.unlabelled.corrupt
+
+    def state_dict(self) -> dict:
+        return {"unlabelled_batches": self.unlabelled.position,
+                "labelled_batches": self.labelled.position if self.labelled is not None else 0,
+                "corrupt_samples": self.unlabelled.corrupt, "layout": dict(self._layout)}
+
+    def load_state_dict(self, state: dict) -> None:
+        changed = {k: (v, self._layout.get(k)) for k, v in state.get("layout", {}).items() if self._layout.get(k) != v}
+        if changed:
+            log.warning("resuming with a different data layout %s (saved, now): the data order will differ from "
+                        "an uninterrupted run", changed)
+        self.unlabelled.seek(int(state["unlabelled_batches"]))
+        self.unlabelled.corrupt = int(state.get("corrupt_samples", 0))
+        if self.labelled is not None:
+            self.labelled.position = int(state["labelled_batches"])
+
+    def close(self) -> None:
+        self.unlabelled.seek(self.unlabelled.position)
+
+
+def _check_layout(cfg: DataConfig, index: DatasetIndex, world_size: int) -> None:
+    if cfg.image_size != index.image_size:
+        raise DataError(f"data.image_size={cfg.image_size} but {index._where()} holds {index.image_size}x"
+                        f"{index.image_size} images: set data.image_size={index.image_size} or rerun "
+                        f"launch/prepare_data.py with --image-size {cfg.image_size}")
+    shards = len(index.split("train").shards)
+    readers = world_size * max(1, cfg.num_workers)
+    if not cfg.resampled and shards < readers:
+        raise DataError(f"{index._where()} has {shards} train shard(s) but {world_size} rank(s) x "
+                        f"{max(1, cfg.num_workers)} loader worker(s) (data.num_workers) = {readers} readers need one "
+                        "each: rerun prepare_data.py with a smaller --shard-size, lower data.num_workers, or set "
+                        "data.resampled=true to draw shards with replacement")
+
+
+def _scan_train(index: DatasetIndex, selector: LabelledSelector | None) -> None:
+    """Check every training image header against the index and offer every sample to the selector."""
+    def missing(path: Path, n: int, reason: str) -> None:
+        # Only reachable with data.verify_checksums=false (otherwise the sha256 check failed first).
+        log.warning("shard %s: %d sample(s) unreadable (%s); they are not candidates for the labelled subset",
+                    path, n, reason)
+
+    for shard in index.split("train").shards:
+        path = index.shard_path(shard)
+        for sample in read_shard(path, shard.count, missing):
+            where = f"shard {path}, sample {sample['__key__']}"
+            if "png" not in sample:
+                raise DataError(f"{where}: no .png member")
+            check_image(sample["png"], size=index.image_size, channels=index.channels, where=where)
+            cls = decode_label(sample)
+            if index.num_classes and not 0 <= cls < index.num_classes:
+                raise DataError(f"{where}: class {cls} outside 0..{index.num_classes - 1}")
+            if selector is not None:
+                selector.offer(sample["__key__"], cls, sample["png"])
+
+
+def build_streams(cfg: DataConfig, *, rank: int, world_size: int, seed: int) -> Streams:
+    index = load_index(cfg.shards)
+    _check_layout(cfg, index, world_size)
+    check_shard_files(index, "train", verify_checksums=cfg.verify_checksums)
+    want_labels = cfg.has_labels and cfg.labelled_batch_size > 0
+    selector = None
+    if want_labels:
+        counts = setting_counts(index, fraction=cfg.labelled_fraction, per_class=cfg.labels_per_class)
+        selector = LabelledSelector(counts, cfg.label_seed)
+    _scan_train(index, selector)
+
+    labelled = None
+    if selector is not None:
+        chosen = selector.selected()
+        images = torch.stack([decode_image(png, size=index.image_size, channels=index.channels)
+                              for _, _, png in chosen])
+        labels = torch.tensor([c for _, c, _ in chosen], dtype=torch.int64)
+        labelled = LabelledStream(images, labels, [k for k, _, _ in chosen], batch_size=cfg.labelled_batch_size,
+                                  seed=seed, rank=rank, augment=cfg.augment)
+        log.info("labelled subset: %d examples, per class %s", len(chosen), torch.bincount(labels).tolist())
+
+    shards = index.split("train").shards
+    make = partial(ShardStream, [index.shard_path(s) for s in shards], [s.count for s in shards],
+                   image_size=index.image_size, channels=index.channels, batch_size=cfg.batch_size, seed=seed,
+                   rank=rank, world_size=world_size, num_workers=cfg.num_workers,
+                   shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, resampled=cfg.resampled)
+    layout = {"world_size": world_size, "num_workers": cfg.num_workers, "batch_size": cfg.batch_size,
+              "labelled_batch_size": cfg.labelled_batch_size, "seed": seed, "shards": cfg.shards}
+    return Streams(index, UnlabelledStream(make, num_workers=cfg.num_workers), labelled, layout)
+
+
+def load_split(shards_dir: str | Path, split: str, limit: int = 0, *,
+               verify_checksums: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole split in memory, in key order: (float [-1, 1] [N,C,H,W], int64 [N]); first `limit` if > 0.
+
+    Strict, because evaluation on a silently smaller test set would be misleading: any unreadable
+    or wrong-size sample raises DataError naming the shard.
+    """
+    index = load_index(shards_dir)
+    check_shard_files(index, split, verify_checksums=verify_checksums)
+
+    def missing(path: Path, n: int, reason: str) -> None:
+        raise DataError(f"shard {path}: {n} sample(s) unreadable ({reason}); rerun launch/prepare_data.py")
+
+    xs, ys = [], []
+    for shard in index.split(split).shards:
+        for sample in read_shard(index.shard_path(shard), shard.count, missing):
+            where = f"shard {index.shard_path(shard)}, sample {sample['__key__']}"
+            check_image(sample.get("png", b""), size=index.image_size, channels=index.channels, where=where)
+            xs.append(decode_image(sample["png"], size=index.image_size, channels=index.channels))
+            ys.append(decode_label(sample))
+            if limit and len(xs) == limit:
+                return to_float(torch.stack(xs)), torch.tensor(ys, dtype=torch.int64)
+    return to_float(torch.stack(xs)), torch.tensor(ys, dtype=torch.int64)
