@@ -10,8 +10,8 @@ no labelled row still takes part (it sends only padding); a class with one examp
 positive pair and so no triplet, but its row can still be another anchor's negative.
 
 The cross-rank factor (worked out here, once; tests/distributed/test_mining.py pins it):
-    The gather is torch.distributed.nn.functional.all_gather, whose backward SUMS the gradients
-    that every rank computes for a rank's rows. Every rank computes the same global loss L on the
+    The gather's backward (`_AllGather` below, the semantics of torch.distributed.nn.functional.
+    all_gather, which is deprecated) SUMS the gradients that every rank computes for a rank's rows. Every rank computes the same global loss L on the
     same global batch, so rank r receives W identical copies: its embedding gradient is
     W * dL/de_r, W times its slice of the single-process gradient. DDP (and DeepSpeed) then AVERAGE
     parameter gradients over the W ranks: (1/W) * sum_r W * dL/de_r * de_r/dtheta = dL/dtheta,
@@ -28,10 +28,26 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 
-from tgan.dist import is_dist, world_size
+from tgan.dist import is_dist, rank, world_size
 from tgan.losses.triplet import triplet_loss
+
+
+class _AllGather(torch.autograd.Function):
+    """[n, ...] on each rank -> [W, n, ...] on every rank; backward sums every rank's gradient of chunk r
+    and hands it to rank r (an all_reduce, not a reduce_scatter, which gloo lacks; the rows are few)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[rank()]
 
 
 def gather_rows(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,12 +65,14 @@ def gather_rows(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     dist.all_gather(counts, n)
     sizes = [int(c) for c in counts]
     longest = max(sizes)
+    if longest == 0:  # every rank sees the same sizes, so all of them return here together
+        return emb, labels
     pad = longest - emb.shape[0]
     padded = torch.cat([emb, emb.new_zeros(pad, *emb.shape[1:])])
     padded_labels = torch.cat([labels.long(), labels.new_full((pad,), -1, dtype=torch.long)])
     label_parts = [torch.empty_like(padded_labels) for _ in range(w)]
     dist.all_gather(label_parts, padded_labels)
-    emb_parts = dist_fn.all_gather(padded)
+    emb_parts = _AllGather.apply(padded)
     global_emb = torch.cat([part[:size] for part, size in zip(emb_parts, sizes)])
     global_labels = torch.cat([part[:size] for part, size in zip(label_parts, sizes)])
     return global_emb, global_labels
