@@ -199,6 +199,16 @@ def fashion_mnist(root: Path, *, download: bool, image_size: int, workdir: Path)
     return Source("fashion-mnist", image_size, 1, list(ds.classes), splits)
 
 
+def array_source(dataset: str, images: dict[str, np.ndarray], labels: dict[str, np.ndarray], class_names: list[str],
+                 *, image_size: int, notes: dict | None = None) -> Source:
+    """A source from in-memory uint8 N x H x W x C arrays per split (digits; also handy for small custom sets)."""
+    splits = {split: SplitSource(np.asarray(labels[split], dtype=np.int64),
+                                 lambda i, imgs=imgs: (resize(imgs[i], image_size), None))
+              for split, imgs in images.items()}
+    channels = next(iter(images.values())).shape[3]
+    return Source(dataset, image_size, channels, class_names, splits, notes=notes or {})
+
+
 def digits(*, image_size: int) -> Source:
     """scikit-learn's bundled 8x8 digits (1,797 images, no download): 0..16 grey levels scaled to 0..255,
     resized; a stratified 80/20 train/test split with a fixed seed."""
@@ -208,13 +218,10 @@ def digits(*, image_size: int) -> Source:
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, :, :, None]
     idx_train, idx_test = train_test_split(np.arange(len(images)), test_size=0.2, stratify=bunch.target,
                                            random_state=0)
-    splits = {}
-    for split, idx in (("train", np.sort(idx_train)), ("test", np.sort(idx_test))):
-        imgs = images[idx]
-        splits[split] = SplitSource(bunch.target[idx].astype(np.int64),
-                                    lambda i, imgs=imgs: (resize(imgs[i], image_size), None))
-    return Source("digits", image_size, 1, [str(d) for d in range(10)], splits,
-                  notes={"digits_split": "stratified 80/20, random_state=0"})
+    idx = {"train": np.sort(idx_train), "test": np.sort(idx_test)}
+    return array_source("digits", {k: images[v] for k, v in idx.items()}, {k: bunch.target[v] for k, v in idx.items()},
+                        [str(d) for d in range(10)], image_size=image_size,
+                        notes={"digits_split": "stratified 80/20, random_state=0"})
 
 
 def make_source(name: str, root: str | Path | None, *, download: bool = False, image_size: int | None = None,
