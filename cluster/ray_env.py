@@ -1,0 +1,157 @@
+"""Where the run executes: join a Ray cluster or start one in-process, and check that it can hold
+the run before anything is scheduled.
+
+Ray itself neither fails fast on an unreachable address (ray.init retries the GCS for about a
+minute) nor on a request bigger than the cluster (Ray Train waits forever for its placement group),
+so both are checked here with a bounded wait and a message naming the setting to change.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from tgan.config import ClusterConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONNECT_TIMEOUT_S = 10.0
+"""How long an address may stay unreachable before we give up (ray.init alone retries ~60 s)."""
+
+
+class ClusterError(RuntimeError):
+    """The Ray cluster cannot run this recipe; the message names the setting or address to change."""
+
+
+@dataclass
+class RayConnection:
+    address: str
+    """The address joined, or "local" for a Ray started in this process."""
+    metrics_url: str | None
+    """Prometheus endpoint of this node's metrics agent when we started it (None when joined: the
+    cluster operator's Prometheus scrapes the nodes' own metrics ports)."""
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """host and port of a GCS or Ray-client address; None for auto/local (resolved by Ray itself)."""
+    if address in ("auto", "local"):
+        return None
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ClusterError(f"RAY_ADDRESS={address!r} is not of the form host:port (e.g. 10.0.0.1:6379 or ray://head:10001)")
+    return host.strip("[]"), int(port)
+
+
+def wait_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise ClusterError when nothing accepts TCP connections at `address` within `timeout_s`."""
+    target = _host_port(address)
+    if target is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    last: OSError | None = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(target, timeout=min(2.0, timeout_s)):
+                return
+        except OSError as e:  # refused, unresolvable host, or no route
+            last = e
+            time.sleep(0.5)
+    raise ClusterError(f"RAY_ADDRESS={address!r}: no Ray cluster reachable at {target[0]}:{target[1]} within "
+                       f"{timeout_s:.0f} s ({last}); start one with `ray start --head`, fix RAY_ADDRESS, "
+                       "or unset it to run on a local Ray started in this process")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def connect(metrics_export_port: int | None = None) -> RayConnection:
+    """Join the cluster named by RAY_ADDRESS (also what `ray job submit` sets for its drivers), or
+    start a local Ray in this process. A local Ray exports metrics on `metrics_export_port` (a free
+    port when None) at /metrics, like the metrics agent of every KubeRay node does on port 8080."""
+    if ray.is_initialized():
+        return RayConnection(address=os.environ.get("RAY_ADDRESS", "local"), metrics_url=None)
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if address:
+        wait_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (ConnectionError, RuntimeError) as e:
+            raise ClusterError(f"RAY_ADDRESS={address!r}: could not join the Ray cluster: {e}") from e
+        return RayConnection(address=address, metrics_url=None)
+    port = metrics_export_port or free_port()
+    ray.init(include_dashboard=False, _metrics_export_port=port,
+             # Push worker metrics to the agent every second instead of every 10 s, so short local
+             # runs show up in a scrape; clusters keep Ray's default.
+             _system_config={"metrics_report_interval_ms": 1000})
+    return RayConnection(address="local", metrics_url=f"http://127.0.0.1:{port}/metrics")
+
+
+def check_resources(cfg: ClusterConfig) -> None:
+    """Fail now, naming the setting, when the cluster cannot place `cfg.num_workers` workers.
+
+    Each worker needs cpus_per_worker CPUs (and gpus_per_worker GPUs when use_gpu) on one node; the
+    whole group needs num_workers times that. An autoscaling cluster that has not grown yet fails
+    this check too: start its nodes first (KubeRay minReplicas) so the request is visible.
+    """
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    total_cpu = sum(n.get("CPU", 0.0) for n in nodes)
+    total_gpu = sum(n.get("GPU", 0.0) for n in nodes)
+    need_cpu = cfg.num_workers * cfg.cpus_per_worker
+    where = f"the Ray cluster has {total_cpu:g} CPUs and {total_gpu:g} GPUs on {len(nodes)} node(s)"
+    if cfg.use_gpu:
+        need_gpu = cfg.num_workers * cfg.gpus_per_worker
+        if total_gpu == 0:
+            raise ClusterError(f"cluster.use_gpu=true but {where}: set cluster.use_gpu=false or join a GPU cluster")
+        if need_gpu > total_gpu:
+            raise ClusterError(f"cluster.num_workers={cfg.num_workers} x cluster.gpus_per_worker={cfg.gpus_per_worker:g} "
+                               f"= {need_gpu:g} GPUs but {where}: lower cluster.num_workers or cluster.gpus_per_worker")
+        if not any(n.get("GPU", 0.0) >= cfg.gpus_per_worker for n in nodes):
+            raise ClusterError(f"cluster.gpus_per_worker={cfg.gpus_per_worker:g} GPUs fit on no single node ({where})")
+    if need_cpu > total_cpu:
+        raise ClusterError(f"cluster.num_workers={cfg.num_workers} x cluster.cpus_per_worker={cfg.cpus_per_worker:g} "
+                           f"= {need_cpu:g} CPUs but {where}: lower cluster.num_workers or cluster.cpus_per_worker")
+    if not any(n.get("CPU", 0.0) >= cfg.cpus_per_worker for n in nodes):
+        raise ClusterError(f"cluster.cpus_per_worker={cfg.cpus_per_worker:g} CPUs fit on no single node ({where})")
+
+
+def storage_path(cfg: ClusterConfig, out_dir: str | Path) -> str:
+    """The absolute path or URI for RunConfig(storage_path=...), checked to be writable when local.
+
+    Empty means <out_dir>/ray. A URI (s3://, gs://, ...) is passed to Ray as is: it is what a
+    multi-node cluster needs, since every node must read the checkpoints the others wrote.
+    """
+    raw = cfg.storage_path or str(Path(out_dir).resolve() / "ray")
+    if "://" in raw:
+        return raw
+    path = Path(raw)
+    if not path.is_absolute():
+        raise ClusterError(f"cluster.storage_path={raw!r} must be absolute (Ray Train resolves it on every node) "
+                           "or a URI such as s3://bucket/runs")
+    probe = path / f".write_probe_{uuid.uuid4().hex}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ClusterError(f"cluster.storage_path={raw!r} is not writable ({e.strerror or e}): "
+                           "choose a directory you can write, or a URI such as s3://bucket/runs") from e
+    return str(path)
+
+
+def worker_env(cfg: ClusterConfig) -> dict[str, str]:
+    """Environment of the Ray Train workers: find this checkout's packages when tgan is not installed,
+    keep Ray's print patching off (it garbles the loop's lines), and pick DeepSpeed's CPU accelerator
+    on CPU runs (it would otherwise probe for CUDA)."""
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {"PYTHONPATH": path, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+    if not cfg.use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
