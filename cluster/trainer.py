@@ -1,0 +1,152 @@
+"""Run tgan's training loop on Ray Train: one TorchTrainer worker per rank, DDP or DeepSpeed,
+Ray checkpoints and restarts, Prometheus metrics, then evaluation of the last checkpoint.
+
+What happens where:
+- the driver (launch/train.py, or a `ray job submit` entrypoint) validates, connects, checks the
+  cluster, builds the TorchTrainer and, after fit(), evaluates;
+- every worker (`train_worker`) runs `tgan.train.loop.train` on Ray Train's process group (gloo on
+  CPU, nccl on GPU). The loop's reporter hook forwards every logged step to `ray.train.report`
+  (the same scalars Ray Tune will read) and to Prometheus; a step that wrote a checkpoint reports it
+  too. The loop writes each checkpoint into <out_dir>/checkpoints on every rank (collectively);
+  rank 0 hands the finished directory to Ray, which copies it to the run's storage (local path or
+  s3://...). After a worker dies, Ray restarts the group and `ray.train.get_checkpoint()` is where
+  the new group resumes from.
+
+Multi-node: train.out_dir must be on a file system every node sees (NFS), because the loop's
+checkpoint is written collectively into it, and cluster.storage_path on shared storage (s3://, NFS),
+because a restarted worker may land on another node.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray.train
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from cluster import ray_env
+from cluster.deepspeed_backend import check_config as check_deepspeed
+from tgan.config import Config, config_from_dict
+from tgan.train import checkpoint as ckpt
+
+
+@dataclass
+class RunResult:
+    step: int
+    """Step of the last reported metrics."""
+    metrics: dict
+    """Scalars of the last checkpointed step, as Ray Train recorded them."""
+    checkpoint: Checkpoint
+    """The last checkpoint, where Ray stored it (`.path`: a path or URI)."""
+    run_dir: str
+    """storage_path/name: Ray's copy of the run (checkpoints, its state for --resume)."""
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """Workers do not share the driver's working directory: make relative paths absolute here."""
+    d = cfg.to_dict()
+    d["data"]["shards"] = str(Path(cfg.data.shards).resolve())
+    d["train"]["out_dir"] = str(Path(cfg.train.out_dir).resolve())
+    if cfg.train.resume not in ("auto", "never"):
+        d["train"]["resume"] = str(Path(cfg.train.resume).resolve())
+    return config_from_dict(d)
+
+
+def _make_reporter(cfg: Config, rank: int):
+    metrics = None
+    if cfg.cluster.metrics:
+        from cluster.metrics import WorkerMetrics
+
+        metrics = WorkerMetrics(run=Path(cfg.train.out_dir).name, family=cfg.model.family, rank=rank,
+                                batch_size=cfg.data.batch_size)
+
+    def reporter(step: int, scalars: dict, saved: Path | None) -> None:
+        if metrics is not None:
+            metrics.record(step, scalars)
+        # Every rank reports (ray.train.report is a barrier); only rank 0 hands over the checkpoint
+        # directory, which holds every rank's files already.
+        checkpoint = Checkpoint.from_directory(str(saved)) if saved is not None and rank == 0 else None
+        ray.train.report({"step": step, **scalars}, checkpoint=checkpoint,
+                         checkpoint_dir_name=saved.name if saved is not None else None)
+
+    return reporter
+
+
+def train_worker(config: dict) -> None:
+    """The per-rank function Ray Train runs (inside an actor, with the process group set up)."""
+    from tgan.train.loop import train
+
+    cfg = config_from_dict(config["cfg"])
+    rank = ray.train.get_context().get_world_rank()
+    backend = None
+    if cfg.cluster.backend == "deepspeed":
+        from cluster.deepspeed_backend import DeepSpeedBackend
+
+        backend = DeepSpeedBackend(cfg.cluster.deepspeed, batch_size=cfg.data.batch_size)
+    reporter = _make_reporter(cfg, rank)
+    restored = ray.train.get_checkpoint()
+    if restored is None:
+        train(cfg, backend=backend, reporter=reporter)
+        return
+    with restored.as_directory() as path:  # a local path as is; a download for s3:// storage
+        train(cfg, backend=backend, reporter=reporter, resume_from=path)
+
+
+def check_run_dir(cfg: Config, run_dir: str, resume: bool) -> None:
+    """A new run must not silently continue an old one, and --resume needs something to resume."""
+    found = ckpt.latest_checkpoint(cfg.train.out_dir)
+    ray_state = "://" not in run_dir and Path(run_dir).is_dir() and any(Path(run_dir).glob("checkpoint_*"))
+    if resume:
+        if found is None and not ray_state and "://" not in run_dir:
+            raise ray_env.ClusterError(f"--resume: train.out_dir={cfg.train.out_dir!r} holds no checkpoint and "
+                                       f"{run_dir} no Ray run state: nothing to resume (start it without --resume)")
+        return
+    if cfg.train.resume == "auto" and (found is not None or ray_state):
+        where = found if found is not None else run_dir
+        raise ray_env.ClusterError(f"train.out_dir={cfg.train.out_dir!r} already holds a run ({where}): pass --resume to "
+                                   "continue it, or choose a new train.out_dir")
+
+
+def build_trainer(cfg: Config, storage: str) -> TorchTrainer:
+    c = cfg.cluster
+    resources = {"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"cfg": cfg.to_dict()},
+        torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=Path(cfg.train.out_dir).name, storage_path=storage,
+            failure_config=FailureConfig(max_failures=c.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            worker_runtime_env={"env_vars": ray_env.worker_env(c)}))
+
+
+def run(cfg: Config, *, resume: bool = False) -> RunResult:
+    """Driver: checks, connect, fit. Raises ClusterError / ConfigError naming the setting at fault."""
+    cfg = absolute_paths(cfg)
+    if cfg.cluster.backend == "deepspeed":
+        check_deepspeed(cfg.cluster, on_gpu=cfg.cluster.use_gpu)
+    storage = ray_env.storage_path(cfg.cluster, cfg.train.out_dir)
+    run_dir = f"{storage.rstrip('/')}/{Path(cfg.train.out_dir).name}"
+    check_run_dir(cfg, run_dir, resume)
+    conn = ray_env.connect()
+    ray_env.check_resources(cfg.cluster)
+    if conn.metrics_url:
+        print(f"metrics (Prometheus format): {conn.metrics_url}", flush=True)
+    result = build_trainer(cfg, storage).fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train finished without a checkpoint in {run_dir}")
+    metrics = result.metrics or {}
+    return RunResult(step=int(metrics.get("step", 0)), metrics=metrics, checkpoint=result.checkpoint,
+                     run_dir=run_dir)
+
+
+def evaluate_checkpoint(checkpoint: Checkpoint, out_dir: Path) -> dict:
+    """The core issue's evaluation (eval.json, eval.md, pictures in `out_dir`) of a Ray-stored checkpoint."""
+    from tgan.eval.run import evaluate
+
+    with checkpoint.as_directory() as path:
+        cfg, nets = ckpt.load_networks(path)
+    return evaluate(cfg, nets, out_dir)
