@@ -1,4 +1,4 @@
-"""The YAML recipes in launch/recipes and the launch/train.py command line (--set, --dry-run, errors)."""
+"""The YAML recipes in launch/recipes and the one-process command line (--set, --dry-run, errors)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +55,7 @@ def test_world_arithmetic_multiplies_per_rank_batches_by_the_workers():
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, str(ROOT / "launch" / "train.py"), *args],
+    return subprocess.run([sys.executable, "-m", "tgan.train.cli", *args],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 

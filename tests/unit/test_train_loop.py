@@ -11,7 +11,7 @@ from tgan.config import ConfigError, OptimConfig, load_config
 from tgan.losses.base import Batch, GANLoss
 from tgan.models.registry import get_family
 from tgan.train.backend import TorchBackend
-from tgan.train.loop import NonFiniteError, PhaseRunner, train
+from tgan.train.loop import NonFiniteError, PhaseRunner, resolve_device, train
 from tgan.train.shards import ensure_shards
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,3 +146,13 @@ def test_every_family_trains_through_the_same_loop(shards, tmp_path, family):
     assert set(result.nets) == set(get_family(family).build_networks(
         cfg.model, channels=1, image_size=16, num_classes=10))
     assert all(v == v for k, v in result.scalars.items() if k.startswith("loss/"))  # not NaN
+
+
+def test_device_choice():
+    assert resolve_device("cpu") == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert resolve_device("auto").type == "cuda"
+    else:
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ConfigError, match="train.device='cuda'"):
+            resolve_device("cuda")

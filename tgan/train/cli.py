@@ -1,4 +1,9 @@
-"""Command line of launch/train.py: recipe + dotted overrides -> validated Config -> train (or --dry-run)."""
+"""The one-process command line: recipe + dotted overrides -> validated Config -> train (or --dry-run).
+
+    python -m tgan.train.cli --config launch/recipes/debug.yaml [--set key=value ...] [--dry-run]
+
+launch/train.py runs the same flags on Ray Train (cluster/cli.py), reusing `world_arithmetic`.
+"""
 from __future__ import annotations
 
 import argparse
@@ -44,13 +49,18 @@ def main(argv: list[str] | None = None) -> int:
         print("# " + world_arithmetic(cfg).replace("\n", "\n# "))
         return 0
     # Imported here so that --dry-run and config errors need neither the data nor the model code.
+    from tgan.data.index import DataError
     from tgan.train.loop import NonFiniteError, train
 
     try:
         result = train(cfg)
-    except (ConfigError, FileNotFoundError, NonFiniteError) as e:
+    except (ConfigError, DataError, FileNotFoundError, NonFiniteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     shown = {k: round(v, 4) for k, v in result.scalars.items() if k.startswith(("loss/", "perf/images"))}
     print(f"done: {result.step} steps, checkpoint {result.checkpoint}, last {shown}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

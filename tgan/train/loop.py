@@ -107,12 +107,14 @@ class PhaseRunner:
 
 
 def _next_batch(streams, device: torch.device) -> Batch:
-    x, y = next(streams.unlabelled)
-    xl = yl = None
-    if streams.labelled is not None:
-        xl, yl = next(streams.labelled)
-        xl, yl = xl.to(device, non_blocking=True), yl.to(device, non_blocking=True)
-    return Batch(x.to(device, non_blocking=True), y.to(device, non_blocking=True), xl, yl)
+    # The data layer's RNG use must not shift the training RNG (z): a DataLoader draws its base seed
+    # from the global generator when its iterator starts, which happens at step 1 in a fresh run but
+    # at the first step after a resume.
+    with torch.random.fork_rng(devices=[]):
+        x, y = next(streams.unlabelled)
+        xl, yl = next(streams.labelled) if streams.labelled is not None else (None, None)
+    move = (lambda t: None if t is None else t.to(device, non_blocking=True))
+    return Batch(move(x), move(y), move(xl), move(yl))
 
 
 def _global_sum(value: int, device: torch.device) -> int:
@@ -150,7 +152,6 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
     rank, world = dist.rank(), dist.world_size()
     device = resolve_device(cfg.train.device)
     out = Path(cfg.train.out_dir)
-    metrics_path = out / "metrics.jsonl"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, out / "config.yaml")
@@ -165,13 +166,13 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
     nets = family.build_networks(cfg.model, **meta)
     loss_fn = family.make_loss(cfg.loss, cfg.model, index.num_classes)
 
-    start, counters, ckpt_path = 0, {"nonfinite_skipped": 0, "nonfinite_in_row": 0}, None
+    start, counters, last_ckpt = 0, {"nonfinite_skipped": 0, "nonfinite_in_row": 0}, None
     resume = find_resume(cfg, resume_from)
     if resume is not None:
         state = ckpt.load_checkpoint(resume)
         for name, net in nets.items():
             net.load_state_dict(state["nets"][name])
-        start, counters, ckpt_path = state["step"], state["counters"], resume
+        start, counters, last_ckpt = state["step"], state["counters"], resume
     for net in nets.values():
         net.to(device).train()
     backend = backend if backend is not None else TorchBackend()
@@ -184,55 +185,64 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
         streams.load_state_dict(saved["data"])
         ckpt.set_rng_state(saved["rng"])
         if rank == 0:
-            _trim_metrics(metrics_path, start)
+            _trim_metrics(out / "metrics.jsonl", start)
             print(f"resumed from {resume} at step {start}", flush=True)
 
     run_phase = PhaseRunner(backend, family.groups, loss_fn, list(nets))
-    images_per_step = cfg.data.batch_size * world
     scalars: dict[str, float] = {}
-    for step in range(start + 1, cfg.train.steps + 1):
-        _maybe_fault(cfg, step)
-        t0 = time.perf_counter()
-        batch = _next_batch(streams, device)
-        data_wait = time.perf_counter() - t0
-
-        scalars, grad_norms, skipped = {}, {}, 0
-        for group in family.groups:
-            for _ in range(1 if group == "D" else cfg.loss.g_steps_per_d_step):
-                phase_scalars, result = run_phase(group, batch)
-                scalars.update(phase_scalars)
-                grad_norms.update(result.grad_norms)
-                skipped += not result.finite
-        step_time = time.perf_counter() - t0
-
-        counters["nonfinite_skipped"] += skipped
-        counters["nonfinite_in_row"] = counters["nonfinite_in_row"] + 1 if skipped else 0
-        give_up = counters["nonfinite_in_row"] >= cfg.train.max_nonfinite_in_row
-        scalars.update({f"grad_norm/{n}": v for n, v in grad_norms.items()})
-        scalars.update({"perf/images_per_s": images_per_step / step_time, "perf/step_time_s": step_time,
-                        "perf/data_wait_s": data_wait, "nonfinite_skipped": counters["nonfinite_skipped"]})
-        is_log = step % cfg.train.log_every == 0 or step == cfg.train.steps or give_up
-        every = cfg.train.checkpoint_every
-        is_ckpt = not give_up and (step == cfg.train.steps or (every > 0 and step % every == 0))
-        if is_log or is_ckpt:
+    try:
+        for step in range(start + 1, cfg.train.steps + 1):
+            _maybe_fault(cfg, step)
+            scalars, give_up = _train_step(cfg, step, streams, device, run_phase, family.groups, counters)
+            every = cfg.train.checkpoint_every
+            is_log = step % cfg.train.log_every == 0 or step == cfg.train.steps or give_up
+            is_ckpt = not give_up and (step == cfg.train.steps or (every > 0 and step % every == 0))
+            if not (is_log or is_ckpt):
+                continue
             scalars["data/corrupt_samples"] = _global_sum(streams.corrupt_samples, device)
-        saved_path = None
-        if is_ckpt:
-            saved_path = ckpt_path = ckpt.save_checkpoint(
-                out, step, backend=backend, keep=cfg.train.keep_checkpoints,
-                state={"config": cfg.to_dict(), "meta": meta, "counters": dict(counters),
-                       "nets": {n: backend.raw(n).state_dict() for n in nets}},
-                rank_state={"world_size": world, "rng": ckpt.rng_state(), "data": streams.state_dict()})
-        if is_log and rank == 0:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps({"step": step, **scalars}) + "\n")
-        if (is_log or is_ckpt) and reporter is not None:
-            reporter(step, scalars, saved_path)
-        if give_up:
-            raise NonFiniteError(
-                f"{counters['nonfinite_in_row']} steps in a row (up to step {step}) had a non-finite loss or "
-                f"gradient norm and were skipped (train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); "
-                f"last scalars {scalars}: lower optim.lr or set optim.grad_clip")
-
-    return TrainResult(step=max(start, cfg.train.steps), scalars=scalars, checkpoint=ckpt_path,
+            saved_path = None
+            if is_ckpt:
+                saved_path = last_ckpt = ckpt.save_checkpoint(
+                    out, step, backend=backend, keep=cfg.train.keep_checkpoints,
+                    state={"config": cfg.to_dict(), "meta": meta, "counters": dict(counters),
+                           "nets": {n: backend.raw(n).state_dict() for n in nets}},
+                    rank_state={"world_size": world, "rng": ckpt.rng_state(), "data": streams.state_dict()})
+            if is_log and rank == 0:
+                with (out / "metrics.jsonl").open("a") as f:
+                    f.write(json.dumps({"step": step, **scalars}) + "\n")
+            if reporter is not None:
+                reporter(step, scalars, saved_path)
+            if give_up:
+                raise NonFiniteError(
+                    f"{counters['nonfinite_in_row']} steps in a row (up to step {step}) had a non-finite loss or "
+                    f"gradient norm and were skipped (train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); "
+                    f"last scalars {scalars}: lower optim.lr or set optim.grad_clip")
+    finally:
+        streams.close()  # stops the loader's worker processes
+    return TrainResult(step=max(start, cfg.train.steps), scalars=scalars, checkpoint=last_ckpt,
                        nets={n: backend.raw(n) for n in nets})
+
+
+def _train_step(cfg: Config, step: int, streams, device: torch.device, run_phase: PhaseRunner,
+                groups: dict[str, tuple[str, ...]], counters: dict[str, int]) -> tuple[dict[str, float], bool]:
+    """One step (D phase, then the other groups); returns its scalars and whether to give up."""
+    t0 = time.perf_counter()
+    batch = _next_batch(streams, device)
+    data_wait = time.perf_counter() - t0
+
+    scalars, grad_norms, skipped = {}, {}, 0
+    for group in groups:
+        for _ in range(1 if group == "D" else cfg.loss.g_steps_per_d_step):
+            phase_scalars, result = run_phase(group, batch)
+            scalars.update(phase_scalars)
+            grad_norms.update(result.grad_norms)
+            skipped += not result.finite
+    step_time = time.perf_counter() - t0  # the grad-norm read-back in backend.step synchronises the device
+
+    counters["nonfinite_skipped"] += skipped
+    counters["nonfinite_in_row"] = counters["nonfinite_in_row"] + 1 if skipped else 0
+    scalars.update({f"grad_norm/{n}": v for n, v in grad_norms.items()})
+    scalars.update({"perf/images_per_s": cfg.data.batch_size * dist.world_size() / step_time,
+                    "perf/step_time_s": step_time, "perf/data_wait_s": data_wait,
+                    "nonfinite_skipped": counters["nonfinite_skipped"]})
+    return scalars, counters["nonfinite_in_row"] >= cfg.train.max_nonfinite_in_row
