@@ -1,0 +1,47 @@
+"""One real local Ray per test module (started like launch/train.py does, with a metrics port),
+digits shards made once per session, and helpers shared by the integration tests."""
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+from tgan.config import load_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+DEBUG = ROOT / "launch" / "recipes" / "debug.yaml"
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory):
+    from tgan.train.shards import ensure_shards
+
+    path = tmp_path_factory.mktemp("shards") / "digits-16"
+    ensure_shards(load_config(DEBUG, [f"data.shards={path}"]).data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A Ray started in this process; cluster.trainer.run reuses it. Yields its metrics URL."""
+    import ray
+
+    from cluster.ray_env import connect
+
+    if ray.is_initialized():
+        ray.shutdown()
+    saved = os.environ.pop("RAY_ADDRESS", None)
+    conn = connect()
+    yield conn.metrics_url
+    ray.shutdown()
+    if saved is not None:
+        os.environ["RAY_ADDRESS"] = saved
+
+
+@pytest.fixture(scope="session")
+def debug_cfg(shards):
+    """debug_cfg(out_dir, "key=value", ...): the debug recipe on the session's shards."""
+    return lambda out, *overrides: load_config(DEBUG, [f"data.shards={shards}", f"train.out_dir={out}", *overrides])
