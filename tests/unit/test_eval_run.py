@@ -1,0 +1,143 @@
+"""evaluate() end to end on the offline digits: table rows per family, baselines, pictures and sizes."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tgan.config import load_config
+from tgan.eval.metrics import retrieval_metrics
+from tgan.eval.pictures import grad_norm_plot
+from tgan.eval.run import EvalData, evaluate, load_eval_data, random_init_networks
+from tgan.models.registry import get_family
+from tgan.train.loop import train
+from tgan.train.shards import ensure_shards
+
+ROOT = Path(__file__).resolve().parents[2]
+DEBUG = ROOT / "launch" / "recipes" / "debug.yaml"
+SIDE = 16  # debug recipe: 16x16 digits
+
+
+def grid_size(ncols, nrows, side=SIDE):
+    """save_image's grid: 2-pixel padding around and between the images."""
+    return 2 + ncols * (side + 2), 2 + nrows * (side + 2)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    path = tmp_path_factory.mktemp("shards") / "digits-16"
+    ensure_shards(load_config(DEBUG, [f"data.shards={path}"]).data)
+    return path
+
+
+def cfg_for(shards, out, *overrides):
+    return load_config(DEBUG, [f"data.shards={shards}", f"train.out_dir={out}", "eval.max_train=300",
+                               "eval.max_test=100", *overrides])
+
+
+@pytest.fixture(scope="module")
+def trained(shards, tmp_path_factory):
+    """A 4-step tribigan run of the debug recipe: its config, networks and run directory."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = cfg_for(shards, out, "eval.pictures=true")
+    return cfg, train(cfg).nets, out
+
+
+def test_tribigan_table_json_and_pictures(trained, tmp_path):
+    cfg, nets, run_dir = trained
+    result = evaluate(cfg, nets, tmp_path)
+
+    assert list(result["rows"]) == ["model E", "random-init E", "raw pixels"]
+    assert json.loads((tmp_path / "eval.json").read_text()) == result
+    assert result["num_train"] == 300 and result["num_test"] == 100
+    for row in result["rows"].values():
+        assert list(row["knn"]) == [str(k) for k in range(1, cfg.eval.max_k + 1)]
+        assert all(0 <= v <= 1 for v in [*row["knn"].values(), row["map"], row["probe_accuracy"]])
+    assert result["rows"]["model E"]["dim"] == cfg.model.latent_dim
+    assert result["rows"]["raw pixels"]["dim"] == SIDE * SIDE
+    # Raw pixels on digits are a strong baseline: far above the 10% of chance.
+    assert result["rows"]["raw pixels"]["knn"]["1"] > 0.8
+
+    table = (tmp_path / "eval.md").read_text().splitlines()
+    assert table[0] == "| features | dim | 1-NN | 5-NN | mAP | probe (logreg) |"  # debug recipe: max_k = 5
+    pixels = result["rows"]["raw pixels"]
+    assert table[4] == (f"| raw pixels | 256 | {100 * pixels['knn']['1']:.2f} | {100 * pixels['knn']['5']:.2f} | "
+                        f"{100 * pixels['map']:.2f} | {100 * pixels['probe_accuracy']:.2f} |")
+
+    sizes = {name: Image.open(path).size for name, path in result["pictures"].items()}
+    assert sizes["samples"] == grid_size(8, 8)
+    assert sizes["interpolation"] == grid_size(10, 8)
+    assert sizes["reconstructions"] == grid_size(16, 4)  # 32 pairs of x and G(E(x)), 8 pairs a row
+    assert sizes["grad_norm_G"] == (600, 350)  # 6 x 3.5 inches at 100 dpi, from the run's metrics.jsonl
+    assert all(Path(p).parent == tmp_path for p in result["pictures"].values())
+
+
+def test_raw_pixel_row_is_the_metric_on_the_same_images(trained, tmp_path):
+    cfg, nets, _ = trained
+    data = load_eval_data(cfg)
+    result = evaluate(cfg, nets, tmp_path, data=data)
+    direct = retrieval_metrics(data.train_x.flatten(1), data.train_y, data.test_x.flatten(1), data.test_y,
+                               max_k=cfg.eval.max_k)
+    assert list(result["rows"]["raw pixels"]["knn"].values()) == direct.knn_accuracy
+    assert result["rows"]["raw pixels"]["map"] == direct.mean_average_precision
+
+
+def test_random_init_baseline_is_the_seeded_initial_weights_and_keeps_the_rng(trained):
+    cfg, nets, _ = trained
+    state = torch.get_rng_state()
+    a = random_init_networks(cfg, channels=1, image_size=SIDE, num_classes=10)
+    b = random_init_networks(cfg, channels=1, image_size=SIDE, num_classes=10)
+    assert torch.equal(torch.get_rng_state(), state)
+    for name in nets:
+        wa, wb = a[name].state_dict(), b[name].state_dict()
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # 4 training steps moved the weights away from the initial ones
+    trained_w, init_w = nets["E"].state_dict(), a["E"].state_dict()
+    assert any(not torch.equal(trained_w[k], init_w[k]) for k in init_w if init_w[k].is_floating_point())
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_mbgan_rows_have_both_feature_kinds_and_no_reconstructions(shards, tmp_path, conditional):
+    cfg = cfg_for(shards, tmp_path / "run", "model.family=mbgan", f"model.conditional={str(conditional).lower()}",
+                  "eval.pictures=true", "eval.probe=svm", "eval.max_train=200", "eval.max_test=50")
+    nets = get_family("mbgan").build_networks(cfg.model, channels=1, image_size=SIDE, num_classes=10)
+    result = evaluate(cfg, nets, tmp_path / "eval")
+    assert list(result["rows"]) == ["model D", "model D_conv", "random-init D", "random-init D_conv", "raw pixels"]
+    assert result["rows"]["model D"]["dim"] == cfg.model.embedding_dim
+    # Untrained networks built from another seed differ from the seeded initial weights of the run.
+    assert result["rows"]["model D_conv"] != result["rows"]["random-init D_conv"]
+    assert set(result["pictures"]) == {"samples", "interpolation"}  # no E; no metrics.jsonl in run/
+    assert Image.open(result["pictures"]["samples"]).size == grid_size(8, 8)
+
+
+def test_data_without_classes_gives_pictures_only(shards, tmp_path):
+    cfg = cfg_for(shards, tmp_path / "run", "model.family=dcgan", "eval.pictures=true")
+    nets = get_family("dcgan").build_networks(cfg.model, channels=1, image_size=SIDE, num_classes=0)
+    x = torch.rand(20, 1, SIDE, SIDE) * 2 - 1
+    unlabelled = torch.full((20,), -1)
+    result = evaluate(cfg, nets, tmp_path, data=EvalData(x, unlabelled, x, unlabelled, num_classes=0))
+    assert result["rows"] == {} and "no class labels" in result["note"]
+    assert (tmp_path / "eval.md").read_text().startswith("the data set has no class labels")
+    assert set(result["pictures"]) == {"samples", "interpolation"}
+
+
+def test_pictures_off_writes_only_the_tables(trained, tmp_path):
+    cfg, nets, _ = trained
+    cfg.eval.pictures = False
+    try:
+        result = evaluate(cfg, nets, tmp_path)
+    finally:
+        cfg.eval.pictures = True
+    assert result["pictures"] == {}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "eval.md"]
+
+
+def test_grad_norm_plot_needs_the_file_and_the_key(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    assert grad_norm_plot(metrics, tmp_path / "a.png") is None
+    metrics.write_text(json.dumps({"step": 1, "loss/d": 1.0}) + "\n")
+    assert grad_norm_plot(metrics, tmp_path / "a.png") is None
+    metrics.write_text("".join(json.dumps({"step": s, "grad_norm/G": 1.0 / s}) + "\n" for s in (3, 1, 2)))
+    assert grad_norm_plot(metrics, tmp_path / "a.png") == tmp_path / "a.png"
+    assert Image.open(tmp_path / "a.png").size == (600, 350)

@@ -1,0 +1,154 @@
+"""Evaluate a trained model: k-NN accuracy, mAP and a linear probe on its features, beside two
+baselines computed the same way (the same networks at their initial weights, and raw pixels), plus
+pictures. Writes eval.json and eval.md into the output directory and returns the same dict.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tgan import dist
+from tgan.config import Config
+from tgan.data.index import load_index
+from tgan.data.streams import load_split
+from tgan.eval.metrics import retrieval_metrics
+from tgan.eval.pictures import grad_norm_plot, interpolation, reconstructions, sample_grid
+from tgan.eval.probe import linear_probe
+from tgan.models.registry import Family, get_family
+
+TABLE_K = 9
+"""The table shows 1-NN and 9-NN (the authors' choices); eval.json has every k up to eval.max_k."""
+NUM_SAMPLES, NUM_PAIRS, INTERPOLATION_STEPS, NUM_RECONSTRUCTIONS = 64, 8, 10, 32
+
+
+@dataclass
+class EvalData:
+    """Training split (gallery and probe training set) and test split (queries), images in [-1, 1]."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    """0 for a data set without classes (CelebA): then only the pictures are made."""
+
+
+def load_eval_data(cfg: Config) -> EvalData:
+    """The first eval.max_train training and eval.max_test test images of data.shards (0 = all)."""
+    index = load_index(cfg.data.shards)
+    verify = cfg.data.verify_checksums
+    train_x, train_y = load_split(cfg.data.shards, "train", cfg.eval.max_train, verify_checksums=verify)
+    test_x, test_y = load_split(cfg.data.shards, "test", cfg.eval.max_test, verify_checksums=verify)
+    return EvalData(train_x, train_y, test_x, test_y, index.num_classes)
+
+
+def _device(nets: dict[str, nn.Module]) -> torch.device:
+    return next(nets["G"].parameters()).device
+
+
+def _fork_rng(device: torch.device):
+    """Seeded draws for the evaluation that leave the caller's RNG streams as they were."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
+def random_init_networks(cfg: Config, *, channels: int, image_size: int, num_classes: int) -> dict[str, nn.Module]:
+    """The weights the run started from: the training loop seeds initialisation with
+    rank_seed(train.seed, 0, "init") right before build_networks, and so does this."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(dist.rank_seed(cfg.train.seed, 0, "init"))
+        return get_family(cfg.model.family).build_networks(
+            cfg.model, channels=channels, image_size=image_size, num_classes=num_classes)
+
+
+def feature_sets(family: Family, nets: dict[str, nn.Module], random_nets: dict[str, nn.Module],
+                 data: EvalData) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Row name -> (training features, test features): every feature of the model, the same for the
+    random-init networks, and the raw pixels."""
+    rows = {}
+    for label, these in (("model", nets), ("random-init", random_nets)):
+        train, test = family.features(these, data.train_x), family.features(these, data.test_x)
+        for key in train:
+            rows[f"{label} {key}"] = (train[key], test[key])
+    rows["raw pixels"] = (data.train_x.flatten(1), data.test_x.flatten(1))
+    return rows
+
+
+def score(train_f: torch.Tensor, test_f: torch.Tensor, data: EvalData, cfg: Config) -> dict:
+    """k-NN accuracies, mAP and linear-probe accuracy of one feature set."""
+    r = retrieval_metrics(train_f, data.train_y, test_f, data.test_y, max_k=cfg.eval.max_k)
+    probe = linear_probe(train_f, data.train_y, test_f, data.test_y, kind=cfg.eval.probe, seed=cfg.train.seed)
+    return {"dim": train_f.shape[1], "knn": {str(k): acc for k, acc in enumerate(r.knn_accuracy, start=1)},
+            "map": r.mean_average_precision, "queries_without_relevant": r.num_queries_without_relevant,
+            "probe_accuracy": probe["accuracy"], "probe_C": probe["C"]}
+
+
+def write_pictures(cfg: Config, family: Family, nets: dict[str, nn.Module], test_x: torch.Tensor, out: Path,
+                   metrics_path: Path) -> dict[str, str]:
+    """Sample grid, interpolation, reconstructions (families with E) and the G gradient-norm plot."""
+    device = _device(nets)
+    with _fork_rng(device):
+        # Fixed z per seed, so pictures of successive checkpoints of one run are comparable.
+        torch.manual_seed(dist.rank_seed(cfg.train.seed, 0, "eval-pictures"))
+        z = family.sample_z(NUM_SAMPLES, cfg.model.latent_dim, device=device)
+        z_left = family.sample_z(NUM_PAIRS, cfg.model.latent_dim, device=device)
+        z_right = family.sample_z(NUM_PAIRS, cfg.model.latent_dim, device=device)
+    written = {"samples": sample_grid(nets["G"], z, out / "samples.png"),
+               "interpolation": interpolation(nets["G"], z_left, z_right, out / "interpolation.png",
+                                              steps=INTERPOLATION_STEPS)}
+    if "E" in nets:
+        x = test_x[:NUM_RECONSTRUCTIONS].to(device)
+        written["reconstructions"] = reconstructions(nets["G"], nets["E"], x, out / "reconstructions.png")
+    plot = grad_norm_plot(metrics_path, out / "grad_norm_G.png")
+    if plot is not None:
+        written["grad_norm_G"] = plot
+    return {name: str(path) for name, path in written.items()}
+
+
+def markdown_table(result: dict) -> str:
+    """Rows = feature sets, columns = 1-NN, 9-NN (or max_k-NN when eval.max_k < 9), mAP, probe (in %)."""
+    k = min(TABLE_K, result["max_k"])
+    lines = [f"| features | dim | 1-NN | {k}-NN | mAP | probe ({result['probe']}) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, row in result["rows"].items():
+        lines.append(f"| {name} | {row['dim']} | {100 * row['knn']['1']:.2f} | {100 * row['knn'][str(k)]:.2f} | "
+                     f"{100 * row['map']:.2f} | {100 * row['probe_accuracy']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(cfg: Config, nets: dict[str, nn.Module], out_dir: str | Path, *, data: EvalData | None = None,
+             metrics_path: str | Path | None = None) -> dict:
+    """Evaluate `nets` (a family's trained networks) and write eval.json, eval.md and the pictures.
+
+    data: the splits to use (default: load_eval_data(cfg)). metrics_path: the run's metrics.jsonl for
+    the gradient-norm plot (default: <train.out_dir>/metrics.jsonl).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_eval_data(cfg) if data is None else data
+    family = get_family(cfg.model.family)
+    channels, image_size = data.train_x.shape[1], data.train_x.shape[-1]
+    result: dict = {"family": cfg.model.family, "num_train": len(data.train_y), "num_test": len(data.test_y),
+                    "max_k": cfg.eval.max_k, "probe": cfg.eval.probe, "rows": {}, "pictures": {}}
+
+    has_classes = data.num_classes > 0 and bool((data.train_y >= 0).all()) and bool((data.test_y >= 0).all())
+    if has_classes:
+        random_nets = random_init_networks(cfg, channels=channels, image_size=image_size,
+                                           num_classes=data.num_classes)
+        for net in random_nets.values():
+            net.to(_device(nets))
+        for name, (train_f, test_f) in feature_sets(family, nets, random_nets, data).items():
+            result["rows"][name] = score(train_f.cpu(), test_f.cpu(), data, cfg)
+    else:
+        result["note"] = "the data set has no class labels: k-NN, mAP and the probe need them; pictures only"
+
+    if cfg.eval.pictures:
+        metrics = Path(cfg.train.out_dir) / "metrics.jsonl" if metrics_path is None else Path(metrics_path)
+        result["pictures"] = write_pictures(cfg, family, nets, data.test_x, out, metrics)
+
+    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "eval.md").write_text(markdown_table(result) if result["rows"] else result["note"] + "\n")
+    return result
