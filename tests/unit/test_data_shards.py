@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import logging
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +234,26 @@ def test_cli_names_a_missing_root_and_writes_digits(tmp_path, capsys):
     assert index.split("train").count + index.split("test").count == 1797
     assert [s.name for s in index.split("train").shards] == ["train-000000.tar", "train-000001.tar",
                                                              "train-000002.tar"]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_reader_agrees_with_tarfile_on_archives_from_other_writers(tmp_path, fmt):
+    from tgan.data.codec import tar_members
+    files = [("train_000000.png", b"abc"), ("train_000000.cls", b"1"), ("d" * 120 + "/train_000001.png", b"x" * 600),
+             ("train_000001.cls", b"")]
+    path = tmp_path / "other.tar"
+    with tarfile.open(path, "w", format=fmt) as tar:
+        directory = tarfile.TarInfo("somedir")
+        directory.type = tarfile.DIRTYPE  # not a regular file: skipped
+        tar.addfile(directory)
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with tarfile.open(path) as tar:
+        expected = [(m.name, tar.extractfile(m).read()) for m in tar if m.isreg()]
+    assert list(tar_members(path.read_bytes())) == expected
+    broken = bytearray(path.read_bytes())
+    broken[512 + 10] ^= 0xFF  # inside the second header (train_000000.png): its checksum no longer matches
+    with pytest.raises(ValueError, match="bad tar header checksum"):
+        list(tar_members(bytes(broken)))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import struct
-import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -88,6 +87,46 @@ def decode_label(sample: dict) -> int:
     return int(sample["cls"]) if "cls" in sample else -1
 
 
+class TarError(ValueError):
+    """The tar stream is truncated or its structure is damaged."""
+
+
+def tar_members(buf: bytes) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of each regular file in a tar image (ustar, with pax/GNU long names), in order.
+
+    A small parser instead of `tarfile`'s stream mode, which spends ~0.1 ms per member in Python:
+    with two members per sample that was a quarter of a loader worker's time.
+    """
+    pos, long_name = 0, None
+    while pos + 512 <= len(buf):
+        header = buf[pos:pos + 512]
+        if header.count(0) == 512:  # end-of-archive marker
+            return
+        stored = header[148:156].split(b"\0")[0].strip()
+        if not stored or int(stored, 8) != sum(header[:148]) + 256 + sum(header[156:]):
+            raise TarError(f"bad tar header checksum at byte {pos}")
+        size = int(header[124:136].split(b"\0")[0].strip() or b"0", 8)
+        kind = header[156:157]
+        start, pos = pos + 512, pos + 512 + (size + 511) // 512 * 512
+        if start + size > len(buf):
+            raise TarError(f"truncated: member at byte {start - 512} needs {size} bytes, {len(buf) - start} left")
+        data = buf[start:start + size]
+        if kind == b"x":  # pax extended header: a `path` record overrides the next member's name
+            for record in data.decode("utf-8", "replace").splitlines():
+                if " path=" in record:
+                    long_name = record.split(" path=", 1)[1]
+        elif kind == b"L":  # GNU long name
+            long_name = data.rstrip(b"\0").decode()
+        elif kind in (b"0", b"\0"):
+            name = header[:100].split(b"\0")[0].decode()
+            if header[257:262] == b"ustar" and header[345]:
+                name = header[345:500].split(b"\0")[0].decode() + "/" + name
+            yield long_name or name, data
+            long_name = None
+    if pos < len(buf):
+        raise TarError(f"truncated: {len(buf) - pos} stray bytes at the end")
+
+
 def read_shard(path: Path, expected: int, on_missing: Callable[[Path, int, str], None]) -> Iterator[dict]:
     """Yield the raw samples (`{"__key__", "__url__": path, "png": bytes, ...}`) of one tar shard, in order.
 
@@ -99,22 +138,16 @@ def read_shard(path: Path, expected: int, on_missing: Callable[[Path, int, str],
     reason = ""
     current: dict | None = None
     try:
-        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-            for member in tar:
-                if not member.isreg():
-                    continue
-                key, _, ext = Path(member.name).name.partition(".")
-                data = tar.extractfile(member).read()
-                if len(data) != member.size:
-                    raise tarfile.ReadError("unexpected end of data")
-                if current is not None and current["__key__"] != key:
-                    yielded += 1
-                    yield current
-                    current = None
-                if current is None:
-                    current = {"__key__": key, "__url__": path}
-                current[ext] = data
-    except (tarfile.TarError, OSError, EOFError) as e:
+        for name, data in tar_members(path.read_bytes()):
+            key, _, ext = name.rpartition("/")[2].partition(".")
+            if current is not None and current["__key__"] != key:
+                yielded += 1
+                yield current
+                current = None
+            if current is None:
+                current = {"__key__": key, "__url__": path}
+            current[ext] = data
+    except (TarError, OSError, ValueError) as e:
         reason = f"{type(e).__name__}: {e}"
         current = None
     if current is not None:
@@ -122,4 +155,3 @@ def read_shard(path: Path, expected: int, on_missing: Callable[[Path, int, str],
         yield current
     if yielded < expected:
         on_missing(path, expected - yielded, reason or "fewer samples than the index lists")
-
