@@ -58,7 +58,7 @@ class DatasetIndex:
 
     def split(self, name: str) -> SplitIndex:
         if name not in self.splits:
-            raise DataError(f"{self._where()}: no split {name!r} (has {', '.join(sorted(self.splits))})")
+            raise DataError(f"{self.location()}: no split {name!r} (has {', '.join(sorted(self.splits))})")
         return self.splits[name]
 
     def shard_path(self, shard: ShardInfo) -> Path:
@@ -70,7 +70,7 @@ class DatasetIndex:
         d.pop("root")
         return d
 
-    def _where(self) -> str:
+    def location(self) -> str:
         return str(self.root / INDEX_NAME) if self.root is not None else "index"
 
 
@@ -127,10 +127,10 @@ def check_shard_files(index: DatasetIndex, split: str, *, verify_checksums: bool
     for shard in index.split(split).shards:
         path = index.shard_path(shard)
         if not path.is_file():
-            raise DataError(f"shard {path} listed in {index._where()} is missing: rerun launch/prepare_data.py "
+            raise DataError(f"shard {path} listed in {index.location()} is missing: rerun launch/prepare_data.py "
                             "(it rewrites only missing or damaged shards)")
         if verify_checksums:
             digest = sha256_file(path)
             if digest != shard.sha256:
                 raise DataError(f"shard {path} is damaged: sha256 {digest} does not match {shard.sha256} in "
-                                f"{index._where()}; rerun launch/prepare_data.py to rewrite it")
+                                f"{index.location()}; rerun launch/prepare_data.py to rewrite it")

@@ -48,7 +48,7 @@ def setting_counts(index: DatasetIndex, *, fraction: float | None, per_class: in
     """n_c for the training split of `index`; datasets without classes cannot have a labelled subset."""
     if index.num_classes == 0:
         raise DataError(f"data.labelled_fraction / data.labels_per_class set, but dataset {index.dataset} "
-                        f"has no classes ({index._where()}): unset them")
+                        f"has no classes ({index.location()}): unset them")
     return labelled_counts(index.split("train").counts_per_class, fraction=fraction, per_class=per_class)
 
 

@@ -119,13 +119,13 @@ class Streams:
 
 def _check_layout(cfg: DataConfig, index: DatasetIndex, world_size: int) -> None:
     if cfg.image_size != index.image_size:
-        raise DataError(f"data.image_size={cfg.image_size} but {index._where()} holds {index.image_size}x"
+        raise DataError(f"data.image_size={cfg.image_size} but {index.location()} holds {index.image_size}x"
                         f"{index.image_size} images: set data.image_size={index.image_size} or rerun "
                         f"launch/prepare_data.py with --image-size {cfg.image_size}")
     shards = len(index.split("train").shards)
     readers = world_size * max(1, cfg.num_workers)
     if not cfg.resampled and shards < readers:
-        raise DataError(f"{index._where()} has {shards} train shard(s) but {world_size} rank(s) x "
+        raise DataError(f"{index.location()} has {shards} train shard(s) but {world_size} rank(s) x "
                         f"{max(1, cfg.num_workers)} loader worker(s) (data.num_workers) = {readers} readers need one "
                         "each: rerun prepare_data.py with a smaller --shard-size, lower data.num_workers, or set "
                         "data.resampled=true to draw shards with replacement")
