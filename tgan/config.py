@@ -181,6 +181,9 @@ class TrainConfig:
     """Stop with an error after this many consecutive non-finite steps (each is skipped and counted)."""
     fault_step: int = -1
     """Testing aid for fault tolerance: rank 1 (or 0 in a 1-worker run) exits once at this step (-1 = off)."""
+    deterministic: bool = False
+    """Use only deterministic kernels (cuDNN/cuBLAS pick run-dependent algorithms otherwise), so a fixed
+    seed repeats bit for bit on GPUs too, at some speed cost. CPU runs repeat either way."""
     resume: str = "auto"
     """auto: continue from the newest checkpoint in out_dir/checkpoints when there is one; never: start
     fresh (out_dir must hold no checkpoints); or the path of a checkpoint directory to start from."""

@@ -130,3 +130,21 @@ def test_a_process_killed_mid_run_resumes_from_its_checkpoint_with_the_same_loss
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5]
     for ra, rb in zip(a, b):
         assert rb == pytest.approx(ra, rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_deterministic_cuda_run_repeats_and_resumes_bit_for_bit(shards, tmp_path):
+    """Without train.deterministic, cuDNN's run-dependent algorithms drift a few steps apart (0.7 in
+    loss after 6 steps measured on an H100); with it a run repeats and resumes exactly."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic
+    try:
+        common = ("train.device=cuda", "train.deterministic=true", "train.checkpoint_every=0")
+        train(cfg_for(shards, tmp_path / "a", "train.steps=4", *common))
+        train(cfg_for(shards, tmp_path / "b", "train.steps=4", *common))
+        train(cfg_for(shards, tmp_path / "c", "train.steps=2", *common))
+        scramble_process_state()
+        train(cfg_for(shards, tmp_path / "c", "train.steps=4", *common))
+        assert per_step(tmp_path / "a") == per_step(tmp_path / "b") == per_step(tmp_path / "c")
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.deterministic = before[1]

@@ -156,3 +156,13 @@ def test_device_choice():
         assert resolve_device("auto") == torch.device("cpu")
         with pytest.raises(ConfigError, match="train.device='cuda'"):
             resolve_device("cuda")
+
+
+def test_deterministic_setting_switches_to_deterministic_kernels(shards, tmp_path):
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic
+    try:
+        train(debug_cfg(shards, tmp_path / "run", "train.steps=1", "train.deterministic=true"))
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.deterministic = before[1]

@@ -67,6 +67,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def use_deterministic_kernels() -> None:
+    """Bit-for-bit repeatable GPU runs (train.deterministic): no run-dependent cuDNN/cuBLAS algorithms."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first starts
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 def find_resume(cfg: Config, resume_from: str | Path | None) -> Path | None:
     """The checkpoint to start from: an explicit path, else train.resume (auto/never/a path)."""
     choice = str(resume_from) if resume_from is not None else cfg.train.resume
@@ -151,6 +159,8 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
     """
     rank, world = dist.rank(), dist.world_size()
     device = resolve_device(cfg.train.device)
+    if cfg.train.deterministic:
+        use_deterministic_kernels()
     out = Path(cfg.train.out_dir)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
