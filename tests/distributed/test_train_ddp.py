@@ -1,6 +1,7 @@
 """The training loop on 2 spawned gloo ranks with DDP: both ranks end with identical weights, every
-rank writes its own part of the checkpoint, and a diverging run stops on both ranks at the same step
-(the non-finite decision is agreed, so no rank waits in a collective for the other)."""
+rank writes its own part of the checkpoint, a resumed run repeats every rank's losses and weights,
+and a diverging run stops on both ranks at the same step (the non-finite decision is agreed, so no
+rank waits in a collective for the other)."""
 from pathlib import Path
 
 import torch
@@ -25,6 +26,20 @@ def _worker(rank, init_file, shards, tmp):
         result = train(load_config(DEBUG, [*common, f"train.out_dir={tmp}/run"]))
         torch.save({"params": {n: dict(net.named_parameters()) for n, net in result.nets.items()},
                     "scalars": result.scalars}, f"{tmp}/rank{rank}.pt")
+
+        # Resume on 2 ranks: every rank restores its own RNG and data position.
+        seen = {"full": [], "half": []}
+        record = (lambda key: lambda step, scalars, path: seen[key].append((step, scalars["loss/d"], scalars["loss/g"])))
+        resume_common = [f"data.shards={shards}", "train.checkpoint_every=0", "train.log_every=1"]
+        full = train(load_config(DEBUG, [*resume_common, "train.steps=4", f"train.out_dir={tmp}/full"]),
+                     reporter=record("full"))
+        train(load_config(DEBUG, [*resume_common, "train.steps=2", f"train.out_dir={tmp}/half"]), reporter=record("half"))
+        torch.manual_seed(99)
+        half = train(load_config(DEBUG, [*resume_common, "train.steps=4", f"train.out_dir={tmp}/half"]),
+                     reporter=record("half"))
+        same_weights = all(torch.equal(a, b) for n in full.nets
+                           for a, b in zip(full.nets[n].parameters(), half.nets[n].parameters()))
+        torch.save({"seen": seen, "same_weights": same_weights}, f"{tmp}/resume{rank}.pt")
 
         diverging = [*common, f"train.out_dir={tmp}/nan", "optim.lr=1e38", "train.max_nonfinite_in_row=2",
                      "train.steps=20"]
@@ -59,6 +74,11 @@ def test_two_rank_ddp_run_keeps_ranks_identical_and_checkpoints_every_rank(tmp_p
     assert all(torch.equal(saved[key], value) for key, value in r0["params"]["G"].items())
     steps = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(steps) == 3  # rank 0 writes the metrics, once per step
+
+    for r in range(WORLD):
+        resume = torch.load(tmp_path / f"resume{r}.pt", weights_only=False)
+        assert resume["seen"]["full"] == resume["seen"]["half"] and len(resume["seen"]["full"]) == 4
+        assert resume["same_weights"]
 
     stopped = [torch.load(tmp_path / f"stopped{r}.pt") for r in range(WORLD)]
     assert stopped[0] is not None and stopped[0] == stopped[1]
