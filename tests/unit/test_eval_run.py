@@ -100,7 +100,7 @@ def test_random_init_baseline_is_the_seeded_initial_weights_and_keeps_the_rng(tr
 @pytest.mark.parametrize("conditional", [False, True])
 def test_mbgan_rows_have_both_feature_kinds_and_no_reconstructions(shards, tmp_path, conditional):
     cfg = cfg_for(shards, tmp_path / "run", "model.family=mbgan", f"model.conditional={str(conditional).lower()}",
-                  "eval.pictures=true", "eval.probe=svm", "eval.max_train=200", "eval.max_test=50")
+                  "eval.pictures=true", "eval.max_train=150", "eval.max_test=50")
     nets = get_family("mbgan").build_networks(cfg.model, channels=1, image_size=SIDE, num_classes=10)
     result = evaluate(cfg, nets, tmp_path / "eval")
     assert list(result["rows"]) == ["model D", "model D_conv", "random-init D", "random-init D_conv", "raw pixels"]
