@@ -95,6 +95,31 @@ def test_interrupted_run_resumes_keeping_complete_shards_and_rewriting_damaged_o
         assert sha256_file(tmp_path / shard.name) == shard.sha256
 
 
+def test_rerun_with_other_settings_withdraws_the_index_until_done_and_removes_stale_shards(tmp_path):
+    source, _, _ = random_source()
+    write_shards(source, tmp_path, shard_size=16, progress=False)
+    good_sample = source.splits["train"].sample
+
+    def dies_at_50(i):
+        if i == 50:
+            raise Interrupted
+        return good_sample(i)
+
+    source.splits["train"].sample = dies_at_50
+    with pytest.raises(Interrupted):
+        write_shards(source, tmp_path, shard_size=25, progress=False)
+    assert not (tmp_path / "index.json").exists()  # shards 0-1 changed: the old index must not be trusted
+    with pytest.raises(DataError, match="index.json not found"):
+        load_index(tmp_path)
+    source.splits["train"].sample = good_sample
+    index = write_shards(source, tmp_path, shard_size=25, progress=False)
+    assert sorted(p.name for p in tmp_path.glob("train-*")) == ["train-000000.tar", "train-000001.tar",
+                                                                "train-000002.tar"]
+    assert [s.count for s in index.split("train").shards] == [25, 25, 10]
+    x, _ = load_split(tmp_path, "train")
+    assert x.shape[0] == 60
+
+
 def _cfg(path, **kw) -> DataConfig:
     return DataConfig(shards=str(path), image_size=kw.pop("image_size", 8), batch_size=kw.pop("batch_size", 4),
                       labelled_batch_size=kw.pop("labelled_batch_size", 0), **kw)

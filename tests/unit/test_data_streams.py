@@ -146,3 +146,12 @@ def test_augmentations():
     assert torch.equal(augment(x, "crop_flip", gen()), cropped)  # same seed, same crop
     with pytest.raises(ValueError, match="data.augment='rotate'"):
         augment(x, "rotate", gen())
+
+
+def test_resume_with_another_layout_warns_that_the_order_differs(shards, caplog):
+    state = build_streams(_cfg(shards, num_workers=0), rank=0, world_size=2, seed=7).state_dict()
+    resumed = build_streams(_cfg(shards, num_workers=0, batch_size=8), rank=0, world_size=2, seed=7)
+    with caplog.at_level("WARNING", logger="tgan.data"):
+        resumed.load_state_dict(state)
+    assert "different data layout" in caplog.text and "'batch_size': (16, 8)" in caplog.text
+    assert next(resumed.unlabelled)[0].shape == (8, 1, 8, 8)

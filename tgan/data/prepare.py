@@ -32,8 +32,8 @@ def _counts(labels: np.ndarray, num_classes: int) -> list[int]:
 
 
 def _previous(out: Path, header: dict) -> dict[str, ShardInfo]:
-    """Shard records of an earlier run with the same settings (complete or interrupted), by name."""
-    for name in (INDEX_NAME, PARTIAL_NAME):
+    """Shard records of the latest earlier run (interrupted, else complete) if its settings match, by name."""
+    for name in (PARTIAL_NAME, INDEX_NAME):
         path = out / name
         if not path.is_file():
             continue
@@ -74,6 +74,8 @@ def write_shards(source: Source, out: str | Path, *, shard_size: int = DEFAULT_S
               "channels": source.channels, "shard_size": shard_size, "notes": source.notes,
               "split_sizes": {s: len(src) for s, src in source.splits.items()}}
     previous = _previous(out, header)
+    # index.json means "complete": withdraw it while shards may change, so no reader trusts a half-rewritten set.
+    (out / INDEX_NAME).unlink(missing_ok=True)
     doc = {**header, "num_classes": num_classes, "class_names": source.class_names,
            "attribute_names": source.attribute_names, "encoding": "png", "splits": {}}
     kept = rewritten = 0
