@@ -141,3 +141,37 @@ def test_grad_norm_plot_needs_the_file_and_the_key(tmp_path):
     metrics.write_text("".join(json.dumps({"step": s, "grad_norm/G": 1.0 / s}) + "\n" for s in (3, 1, 2)))
     assert grad_norm_plot(metrics, tmp_path / "a.png") == tmp_path / "a.png"
     assert Image.open(tmp_path / "a.png").size == (600, 350)
+
+
+def test_cli_evaluates_the_newest_checkpoint_of_a_run_and_prints_the_table(trained, tmp_path, capsys):
+    from tgan.eval.cli import main
+
+    _, _, run_dir = trained
+    assert main([str(run_dir), "--set", "eval.max_test=50", "--set", "eval.pictures=false",
+                 "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "checkpoints/step_00000004: 50 test queries against 300 training images" in printed
+    assert (tmp_path / "eval.md").read_text() in printed
+    assert load_config(tmp_path / "config.yaml").eval.max_test == 50  # the resolved config is kept
+
+
+def test_cli_default_output_and_grad_norm_plot_come_from_the_run_directory(trained, capsys):
+    from tgan.eval.cli import main
+
+    _, _, run_dir = trained
+    checkpoint = run_dir / "checkpoints" / "step_00000002"
+    assert main([str(checkpoint), "--set", "eval.max_test=20"]) == 0
+    out = run_dir / "eval" / "step_00000002"
+    assert json.loads((out / "eval.json").read_text())["pictures"]["grad_norm_G"] == str(out / "grad_norm_G.png")
+
+
+def test_cli_errors_name_the_problem(trained, tmp_path, capsys):
+    from tgan.eval.cli import main
+
+    _, _, run_dir = trained
+    assert main([str(run_dir), "--set", "model.width=2"]) == 2
+    assert "--set model.width=2: only eval.*, data.*" in capsys.readouterr().err
+    assert main([str(tmp_path)]) == 1
+    assert f"{tmp_path} is neither a checkpoint directory" in capsys.readouterr().err
+    assert main([str(run_dir), "--set", f"data.shards={tmp_path / 'none'}"]) == 1
+    assert str(tmp_path / "none") in capsys.readouterr().err

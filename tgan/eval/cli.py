@@ -1,0 +1,81 @@
+"""Command line of launch/evaluate.py: checkpoint (+ eval/data overrides) -> evaluate -> print the table."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tgan.config import ConfigError, dump_yaml, load_config
+from tgan.data.index import DataError
+from tgan.train.checkpoint import latest_checkpoint, load_networks
+
+# The networks come from the checkpoint, so only what reads data or scores features may change.
+OVERRIDABLE = ("eval.", "data.", "train.device=", "train.seed=")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Evaluate a checkpoint: k-NN accuracy, mAP and a linear probe "
+                                            "beside random-init and raw-pixel baselines, plus pictures.")
+    p.add_argument("checkpoint", help="checkpoint directory (runs/<name>/checkpoints/step_...) or a run "
+                                      "directory (its newest checkpoint is used)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override of eval.*, data.*, train.device or train.seed, repeatable "
+                        "(e.g. --set eval.max_test=1000 --set data.shards=/data/fmnist)")
+    p.add_argument("--out", help="output directory (default: <run directory>/eval/<checkpoint name>)")
+    return p.parse_args(argv)
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    if (path / "state.pt").is_file():
+        return path
+    newest = latest_checkpoint(path)
+    if newest is None:
+        raise FileNotFoundError(f"{path} is neither a checkpoint directory (no state.pt) nor a run directory "
+                                "with checkpoints/step_* in it")
+    return newest
+
+
+def run_directory(checkpoint: Path) -> Path | None:
+    """<out_dir> of the run that wrote <out_dir>/checkpoints/step_N, where its metrics.jsonl lives."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bad = [o for o in args.overrides if not o.startswith(OVERRIDABLE)]
+    if bad:
+        print(f"error: --set {bad[0]}: only eval.*, data.*, train.device and train.seed can change at "
+              "evaluation (the networks and their config come from the checkpoint)", file=sys.stderr)
+        return 2
+    # Imported here so that argument errors need neither torch's model code nor the data code.
+    from tgan.eval.run import evaluate
+    from tgan.train.loop import resolve_device
+
+    try:
+        checkpoint = resolve_checkpoint(Path(args.checkpoint))
+        saved, nets = load_networks(checkpoint)
+        run_dir = run_directory(checkpoint)
+        out = Path(args.out) if args.out else (run_dir or checkpoint) / "eval" / checkpoint.name
+        out.mkdir(parents=True, exist_ok=True)
+        # The checkpoint's config, with the overrides applied the same way as for training.
+        dump_yaml(saved, out / "config.yaml")
+        cfg = load_config(out / "config.yaml", args.overrides)
+        dump_yaml(cfg, out / "config.yaml")
+        device = resolve_device(cfg.train.device)
+        for net in nets.values():
+            net.to(device)
+        metrics = run_dir / "metrics.jsonl" if run_dir else None
+        result = evaluate(cfg, nets, out, metrics_path=metrics)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{cfg.model.family} checkpoint {checkpoint}: {result['num_test']} test queries against "
+          f"{result['num_train']} training images (accuracy, mAP and probe in %)")
+    print((out / "eval.md").read_text(), end="")
+    print(f"written: {out / 'eval.json'}, {out / 'eval.md'}" +
+          "".join(f", {p}" for p in result["pictures"].values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
