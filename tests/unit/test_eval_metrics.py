@@ -102,5 +102,9 @@ def test_bad_shapes_and_k_are_named():
         retrieval_metrics(GALLERY, GALLERY_Y, torch.zeros(1, 2), torch.tensor([0]))
     with pytest.raises(ValueError, match="one label per row"):
         retrieval_metrics(GALLERY, GALLERY_Y[:3], GALLERY, GALLERY_Y)
+    with pytest.raises(ValueError, match="labels must be >= 0"):
+        retrieval_metrics(GALLERY, GALLERY_Y - 1, GALLERY, GALLERY_Y)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        retrieval_metrics(GALLERY, GALLERY_Y, GALLERY * float("nan"), GALLERY_Y)
     with pytest.raises(ValueError, match="eval.max_k=6"):
         retrieval_metrics(GALLERY, GALLERY_Y, GALLERY, GALLERY_Y, max_k=6)

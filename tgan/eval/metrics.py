@@ -40,6 +40,8 @@ def _check_inputs(gallery: torch.Tensor, gallery_labels: torch.Tensor, queries: 
         raise ValueError(f"one label per row expected: gallery {tuple(gallery.shape)} with labels "
                          f"{tuple(gallery_labels.shape)}, queries {tuple(queries.shape)} with labels "
                          f"{tuple(query_labels.shape)}")
+    if (gallery_labels < 0).any() or (query_labels < 0).any():
+        raise ValueError("class labels must be >= 0 (-1 marks a data set without classes: it has no k-NN or mAP)")
     if not (torch.isfinite(gallery).all() and torch.isfinite(queries).all()):
         raise ValueError("features contain NaN or inf: the network diverged or its weights are corrupt")
     if not 1 <= max_k <= gallery.shape[0]:
