@@ -61,9 +61,14 @@ def _make_reporter(cfg: Config, rank: int):
         metrics = WorkerMetrics(run=Path(cfg.train.out_dir).name, family=cfg.model.family, rank=rank,
                                 batch_size=cfg.data.batch_size)
 
+    every = cfg.cluster.report_every or cfg.train.log_every
+
     def reporter(step: int, scalars: dict, saved: Path | None) -> None:
         if metrics is not None:
             metrics.record(step, scalars)
+        # Step-based, so every rank makes the same number of calls (each report is a barrier).
+        if saved is None and step % every != 0 and step != cfg.train.steps:
+            return
         # Every rank reports (ray.train.report is a barrier); only rank 0 hands over the checkpoint
         # directory, which holds every rank's files already.
         checkpoint = Checkpoint.from_directory(str(saved)) if saved is not None and rank == 0 else None

@@ -238,12 +238,17 @@ class ClusterConfig:
     """DeepSpeed config section merged into each engine's config (zero_optimization, bf16, fp16, ...)."""
     metrics: bool = True
     """Export Prometheus metrics through Ray's per-node metrics endpoint."""
+    report_every: int = 0
+    """Steps between ray.train.report calls (what Ray Train and Tune see); checkpoints are always
+    reported; 0 = every train.log_every steps. Ray Train's controller takes about one report per 2 s
+    and a worker that reports faster waits for it, so keep reports seconds apart."""
 
     def __post_init__(self) -> None:
         _check(self.backend in ("ddp", "deepspeed"), "cluster.backend", self.backend, "ddp or deepspeed")
         _check(self.num_workers >= 1, "cluster.num_workers", self.num_workers, "an integer >= 1")
         _check(self.cpus_per_worker > 0, "cluster.cpus_per_worker", self.cpus_per_worker, "a number > 0")
         _check(self.max_failures >= -1, "cluster.max_failures", self.max_failures, "an integer >= -1")
+        _check(self.report_every >= 0, "cluster.report_every", self.report_every, "an integer >= 0 (0 = train.log_every)")
 
 
 @dataclass(kw_only=True)

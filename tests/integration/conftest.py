@@ -43,5 +43,7 @@ def local_ray():
 
 @pytest.fixture(scope="session")
 def debug_cfg(shards):
-    """debug_cfg(out_dir, "key=value", ...): the debug recipe on the session's shards."""
-    return lambda out, *overrides: load_config(DEBUG, [f"data.shards={shards}", f"train.out_dir={out}", *overrides])
+    """debug_cfg(out_dir, "key=value", ...): the debug recipe on the session's shards, reporting to
+    Ray Train at its checkpoints only (each report can wait ~2 s for Ray's controller)."""
+    return lambda out, *overrides: load_config(DEBUG, [f"data.shards={shards}", f"train.out_dir={out}",
+                                                       "cluster.report_every=2", *overrides])

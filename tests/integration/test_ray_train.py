@@ -50,7 +50,7 @@ class Scraper(threading.Thread):
 @pytest.fixture(scope="module")
 def ddp_run(local_ray, debug_cfg, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "ddp_run"
-    cfg = debug_cfg(out, "train.steps=40", "train.checkpoint_every=20")
+    cfg = debug_cfg(out, "train.steps=40", "train.checkpoint_every=20", "cluster.report_every=20")
     scraper = Scraper(local_ray, out.name)
     scraper.start()
     result = run(cfg)
