@@ -225,6 +225,14 @@ def test_corrupt_samples_mid_stream_are_skipped_logged_and_counted(shards, num_w
         assert streams.corrupt_samples >= 3 * per_pass
 
 
+def test_a_reader_whose_shards_are_all_unreadable_fails_instead_of_hanging(shards):
+    for path in shards.glob("train-*.tar"):
+        _truncate(path, 0.0)
+    streams = build_streams(_cfg(shards, verify_checksums=False), rank=0, world_size=1, seed=0)
+    with pytest.raises(DataError, match=r"reader 0 \(rank 0\) found no usable sample"):
+        next(streams.unlabelled)
+
+
 def _readable_keys(path: Path):
     from tgan.data.codec import read_shard
     return (s["__key__"] for s in read_shard(path, 0, lambda *a: None))

@@ -30,6 +30,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from tgan.data.augment import augment
 from tgan.data.codec import decode_image, decode_label, read_shard, to_float
+from tgan.data.index import DataError
 from tgan.dist import rank_seed
 
 log = logging.getLogger("tgan.data")
@@ -105,9 +106,11 @@ class ShardStream(IterableDataset):
                 continue
             raw = (s for i in shards for s in read_shard(self.paths[i], self.counts[i], missing))
             rng = random.Random(rank_seed(self.seed, reader, f"shuffle/{epoch}"))
+            usable = 0  # samples decoded, or skipped as already seen before a restart
             for sample in shuffled(raw, self.shuffle_buffer, rng):
                 if skip:  # fast-forward before decoding
                     skip -= 1
+                    usable += 1
                     continue
                 try:
                     image = decode_image(sample["png"], size=self.image_size, channels=self.channels)
@@ -115,12 +118,16 @@ class ShardStream(IterableDataset):
                 except (KeyError, ValueError, OSError) as e:
                     missing(sample["__url__"], 1, f"{sample['__key__']}: {type(e).__name__}: {e}")
                     continue
+                usable += 1
                 xs.append(image)
                 ys.append(label)
                 if len(xs) == self.batch_size:
                     yield self._emit(xs, ys, corrupt, reader, batch_index)
                     batch_index += 1
                     xs, ys = [], []
+            if usable == 0:  # otherwise this reader would loop over dead shards forever and hang its rank
+                raise DataError(f"reader {reader} (rank {self.rank}) found no usable sample in its shards "
+                                f"{[str(self.paths[i]) for i in shards]}; rerun launch/prepare_data.py")
             epoch += 1
         if xs:
             yield self._emit(xs, ys, corrupt, reader, batch_index)
