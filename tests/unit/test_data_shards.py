@@ -18,7 +18,7 @@ from tgan.data.codec import encode_sample
 from tgan.data.index import DataError, load_index, sha256_file
 from tgan.data.prepare import PARTIAL_NAME, write_shards
 from tgan.data.sources import array_source
-from tgan.data.streams import build_streams, load_split
+from tgan.data.streams import build_streams, iter_split, load_split
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,6 +50,10 @@ def test_round_trip_every_image_and_label_comes_back_exactly(tmp_path, channels)
         np.testing.assert_array_equal(y.numpy(), labels[split])
     x, _ = load_split(tmp_path, "test", limit=5)
     assert x.shape[0] == 5
+    batches = list(iter_split(tmp_path, "train", batch_size=25))
+    assert [b[0].shape[0] for b in batches] == [25, 25, 10]
+    np.testing.assert_array_equal(to_uint8(torch.cat([b[0] for b in batches])), images["train"])
+    assert [b[0].shape[0] for b in iter_split(tmp_path, "train", batch_size=25, limit=30)] == [25, 5]
 
 
 def test_shards_are_byte_reproducible(tmp_path):

@@ -13,6 +13,7 @@ across passes without end, and the position is just a batch count. That gives ev
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -183,12 +184,12 @@ def build_streams(cfg: DataConfig, *, rank: int, world_size: int, seed: int) -> 
     return Streams(index, UnlabelledStream(make, num_workers=cfg.num_workers), labelled, layout)
 
 
-def load_split(shards_dir: str | Path, split: str, limit: int = 0, *,
-               verify_checksums: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """A whole split in memory, in key order: (float [-1, 1] [N,C,H,W], int64 [N]); first `limit` if > 0.
+def iter_split(shards_dir: str | Path, split: str, *, batch_size: int = 1000, limit: int = 0,
+               verify_checksums: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The test stream: batches of a split in key order, one pass, for evaluating sets too large to hold as float.
 
     Strict, because evaluation on a silently smaller test set would be misleading: any unreadable
-    or wrong-size sample raises DataError naming the shard.
+    or wrong-size sample raises DataError naming the shard. `limit` > 0 stops after that many samples.
     """
     index = load_index(shards_dir)
     check_shard_files(index, split, verify_checksums=verify_checksums)
@@ -196,13 +197,25 @@ def load_split(shards_dir: str | Path, split: str, limit: int = 0, *,
     def missing(path: Path, n: int, reason: str) -> None:
         raise DataError(f"shard {path}: {n} sample(s) unreadable ({reason}); rerun launch/prepare_data.py")
 
-    xs, ys = [], []
+    xs, ys, total = [], [], 0
     for shard in index.split(split).shards:
         for sample in read_shard(index.shard_path(shard), shard.count, missing):
             where = f"shard {index.shard_path(shard)}, sample {sample['__key__']}"
             check_image(sample.get("png", b""), size=index.image_size, channels=index.channels, where=where)
             xs.append(decode_image(sample["png"], size=index.image_size, channels=index.channels))
             ys.append(decode_label(sample))
-            if limit and len(xs) == limit:
-                return to_float(torch.stack(xs)), torch.tensor(ys, dtype=torch.int64)
-    return to_float(torch.stack(xs)), torch.tensor(ys, dtype=torch.int64)
+            total += 1
+            if len(xs) == batch_size or total == limit:
+                yield to_float(torch.stack(xs)), torch.tensor(ys, dtype=torch.int64)
+                xs, ys = [], []
+            if total == limit:
+                return
+    if xs:
+        yield to_float(torch.stack(xs)), torch.tensor(ys, dtype=torch.int64)
+
+
+def load_split(shards_dir: str | Path, split: str, limit: int = 0, *,
+               verify_checksums: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole split in memory, in key order: (float [-1, 1] [N,C,H,W], int64 [N]); first `limit` if > 0."""
+    batches = list(iter_split(shards_dir, split, limit=limit, verify_checksums=verify_checksums))
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
