@@ -1,0 +1,71 @@
+"""A real `ray start --head` on loopback (every port free and random, its own temp dir), a real job
+submission of `python launch/train.py` with the debug recipe, SUCCEEDED, a checkpoint in the job's
+run directory, then the head is stopped by its process id (never `ray stop`, which would kill every
+Ray on the machine)."""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.ray_env import free_port
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def ray_head():
+    ports = {flag: free_port() for flag in (
+        "--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port", "--object-manager-port",
+        "--metrics-export-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port")}
+    temp = tempfile.mkdtemp(prefix="tgr_", dir="/tmp")  # short: Ray's unix sockets live under it
+    cmd = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+           "--include-dashboard=true", "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp}",
+           *[f"{flag}={port}" for flag, port in ports.items()]]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        yield f"http://127.0.0.1:{ports['--dashboard-port']}"
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # the head and every process it started share its group
+        try:
+            head.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+def test_ray_job_submit_runs_the_debug_recipe_on_a_started_head(ray_head, shards, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client = JobSubmissionClient(ray_head)
+            break
+        except Exception:  # the dashboard is still starting
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    out = tmp_path / "job_run"
+    entrypoint = (f"{sys.executable} {ROOT / 'launch' / 'train.py'} --config {ROOT / 'launch' / 'recipes' / 'debug.yaml'}"
+                  f" --set data.shards={shards} --set train.out_dir={out} --set cluster.report_every=2")
+    job = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": {
+        "PYTHONPATH": str(ROOT), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_AUTH_MODE": "disabled"}})
+    deadline = time.monotonic() + 240
+    status = client.get_job_status(job)
+    while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.monotonic() < deadline:
+        time.sleep(2)
+        status = client.get_job_status(job)
+    logs = client.get_job_logs(job)
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    assert "done: 4 steps" in logs and "| model E |" in logs  # the evaluation table ends the job's output
+    stored = out / "ray" / out.name / "step_00000004"
+    assert (stored / "state.pt").is_file() and (out / "checkpoints" / "step_00000004" / "state.pt").is_file()
