@@ -97,7 +97,11 @@ class TorchBackend(Backend):
         for name, net in self._raw.items():
             if distributed:
                 ids = [device.index] if device.type == "cuda" else None
-                self._wrapped[name] = DistributedDataParallel(net, device_ids=ids)
+                # No buffer broadcast: a phase calls a network several times (E on x and on xl), and
+                # the broadcast at each call overwrites BatchNorm running stats in place that the
+                # previous call saved for backward (autograd error on torch 2.11). Running stats
+                # stay per rank and only matter in eval mode; checkpoints keep rank 0's.
+                self._wrapped[name] = DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
             else:
                 self._wrapped[name] = net
         for group, names in self._groups.items():
