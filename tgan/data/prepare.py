@@ -18,8 +18,8 @@ import webdataset as wds
 from tqdm import tqdm
 
 from tgan.data.codec import encode_sample, sample_key
-from tgan.data.index import (FORMAT_VERSION, INDEX_NAME, DataError, DatasetIndex, ShardInfo, SplitIndex,
-                             index_from_dict, sha256_file, write_json_atomic)
+from tgan.data.index import (FORMAT_VERSION, INDEX_NAME, DataError, DatasetIndex, ShardInfo, index_from_dict,
+                             sha256_file, write_json_atomic)
 from tgan.data.sources import Source
 
 log = logging.getLogger("tgan.data")
