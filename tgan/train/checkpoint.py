@@ -76,6 +76,7 @@ def save_checkpoint(out_dir: str | Path, step: int, *, state: dict[str, Any], ra
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
+    tmp.mkdir(parents=True, exist_ok=True)  # a no-op on shared storage; a node-local out_dir needs it
     torch.save(rank_state, tmp / f"rank_{rank}.pt")
     backend.save(tmp)
     if rank == 0:
