@@ -82,3 +82,34 @@ def test_two_rank_ddp_run_keeps_ranks_identical_and_checkpoints_every_rank(tmp_p
 
     stopped = [torch.load(tmp_path / f"stopped{r}.pt") for r in range(WORLD)]
     assert stopped[0] is not None and stopped[0] == stopped[1]
+
+
+def _backend_worker(rank, init_file, tmp):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        from tgan.config import OptimConfig
+        from tgan.train.backend import TorchBackend
+
+        torch.manual_seed(0)
+        backend = TorchBackend()
+        backend.setup({"D": torch.nn.Linear(3, 1)}, {"D": ("D",)}, OptimConfig(), torch.device("cpu"))
+        before = backend.raw("D").weight.detach().clone()
+        x = torch.full((2, 3), float(rank + 1))
+        # An infinite constant on rank 0 only: its gradients stay finite, so DDP alone would let
+        # rank 1 step while rank 0 skips.
+        offset = float("inf") if rank == 0 else 0.0
+        result = backend.step("D", backend.module("D")(x).sum() + offset)
+        unchanged = torch.equal(backend.raw("D").weight, before)
+        good = backend.step("D", backend.module("D")(x).sum())
+        torch.save({"finite": (result.finite, good.finite), "unchanged": unchanged,
+                    "weight": backend.raw("D").weight.detach()}, f"{tmp}/backend{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_agree_to_skip_when_only_one_rank_has_a_non_finite_loss(tmp_path):
+    mp.spawn(_backend_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    r0, r1 = (torch.load(tmp_path / f"backend{r}.pt", weights_only=False) for r in range(WORLD))
+    assert r0["finite"] == r1["finite"] == (False, True)
+    assert r0["unchanged"] and r1["unchanged"]
+    assert torch.equal(r0["weight"], r1["weight"])
