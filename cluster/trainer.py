@@ -53,7 +53,9 @@ def absolute_paths(cfg: Config) -> Config:
     return config_from_dict(d)
 
 
-def _make_reporter(cfg: Config, rank: int):
+def make_reporter(cfg: Config, rank: int):
+    """The loop's reporter on a Ray Train worker: Prometheus every logged step, ray.train.report every
+    cluster.report_every steps and at every checkpoint."""
     metrics = None
     if cfg.cluster.metrics:
         from cluster.metrics import WorkerMetrics
@@ -89,7 +91,7 @@ def train_worker(config: dict) -> None:
         from cluster.deepspeed_backend import DeepSpeedBackend
 
         backend = DeepSpeedBackend(cfg.cluster.deepspeed, batch_size=cfg.data.batch_size)
-    reporter = _make_reporter(cfg, rank)
+    reporter = make_reporter(cfg, rank)
     restored = ray.train.get_checkpoint()
     if restored is None:
         train(cfg, backend=backend, reporter=reporter)
@@ -113,11 +115,12 @@ def check_run_dir(cfg: Config, run_dir: str, resume: bool) -> None:
                                    "continue it, or choose a new train.out_dir")
 
 
-def build_trainer(cfg: Config, storage: str) -> TorchTrainer:
+def build_trainer(cfg: Config, storage: str, worker=train_worker) -> TorchTrainer:
+    """The TorchTrainer of `cfg` (benchmarks pass their own instrumented `worker`)."""
     c = cfg.cluster
     resources = {"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}
     return TorchTrainer(
-        train_worker,
+        worker,
         train_loop_config={"cfg": cfg.to_dict()},
         torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu, resources_per_worker=resources),
