@@ -10,15 +10,17 @@ no labelled row still takes part (it sends only padding); a class with one examp
 positive pair and so no triplet, but its row can still be another anchor's negative.
 
 The cross-rank factor (worked out here, once; tests/distributed/test_mining.py pins it):
-    The gather's backward (`_AllGather` below, the semantics of torch.distributed.nn.functional.
-    all_gather, which is deprecated) SUMS the gradients that every rank computes for a rank's rows. Every rank computes the same global loss L on the
-    same global batch, so rank r receives W identical copies: its embedding gradient is
+    The gather's backward (`_AllGather` below: the semantics of the deprecated
+    torch.distributed.nn.functional.all_gather) SUMS the gradients that every rank computes for a
+    rank's rows. Every rank computes the same global loss L on the same global batch, so rank r
+    receives W identical copies: its embedding gradient is
     W * dL/de_r, W times its slice of the single-process gradient. DDP (and DeepSpeed) then AVERAGE
     parameter gradients over the W ranks: (1/W) * sum_r W * dL/de_r * de_r/dtheta = dL/dtheta,
     exactly the single-process gradient of the global batch. So the loss is used as is (factor 1):
     no rescaling by the world size. (pytorch-metric-learning gathers without gradients instead and
     multiplies the loss by W; that gives the same W * dL/de_r per rank.) The per-rank bigan terms
-    are local means, which DDP's average turns into the global mean, so the sum of both is exact.
+    are local means, which DDP's average turns into the global mean (equal batches per rank), so
+    their sum with the triplet term keeps the single-process gradient.
 
 Consequence for callers: every rank must backpropagate through the loss in the same step (the
 gather's backward is a collective), and every rank must call this in the same order as the others.
