@@ -119,15 +119,17 @@ class Generator(nn.Module):
         self.base_channels = widths[-1]
         self.project = nn.Linear(latent_dim + num_classes, widths[-1] * BASE_SIDE**2, bias=False)
         self.project_bn = nn.BatchNorm1d(widths[-1] * BASE_SIDE**2)
-        # Walk D's plan backwards: G layer k undoes D layer (3 - k).
-        sides_in = [s for _, s in plan][::-1]
-        sides_out = ([image_size] + [s for _, s in plan[:-1]])[::-1]
-        outs = widths[:-1][::-1] + [channels]
+        # Walk D's plan backwards: G layer k undoes D layer 3 - k, from its output side to its input side.
+        strides = [stride for stride, _ in plan]
+        d_in = [image_size] + [side for _, side in plan[:-1]]
+        d_out = [side for _, side in plan]
         layers, c_in = [], widths[-1]
-        for k, (stride, s_in, s_out, c_out) in enumerate(zip([s for s, _ in plan][::-1], sides_in, sides_out, outs)):
-            last = k == NUM_LAYERS - 1
-            pad_out = s_out - (stride * (s_in - 1) + 1)
-            conv = nn.ConvTranspose2d(c_in, c_out, 5, stride, 2, output_padding=pad_out, bias=last)
+        for j in reversed(range(NUM_LAYERS)):
+            last = j == 0
+            # a 5x5 transposed conv with padding 2 maps s to stride * (s - 1) + 1 + output_padding
+            pad_out = d_in[j] - (strides[j] * (d_out[j] - 1) + 1)
+            c_out = channels if last else widths[j - 1]
+            conv = nn.ConvTranspose2d(c_in, c_out, 5, strides[j], 2, output_padding=pad_out, bias=last)
             # DCGAN: no BN on the generator's output layer; tanh keeps images in [-1, 1].
             layers.append(nn.Sequential(conv, nn.Tanh()) if last else
                           nn.Sequential(conv, nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)))
