@@ -101,16 +101,21 @@ def train_worker(config: dict) -> None:
 
 
 def check_run_dir(cfg: Config, run_dir: str, resume: bool) -> None:
-    """A new run must not silently continue an old one, and --resume needs something to resume."""
+    """A new run must not silently continue an old one, and --resume needs something to resume.
+
+    Ray Train restores a run whose storage_path/name already holds its state, whatever train.resume
+    says, so an existing Ray run directory also needs --resume.
+    """
     found = ckpt.latest_checkpoint(cfg.train.out_dir)
-    ray_state = "://" not in run_dir and Path(run_dir).is_dir() and any(Path(run_dir).glob("checkpoint_*"))
+    local = "://" not in run_dir
+    ray_state = local and any(Path(run_dir).glob(f"{ckpt.PREFIX}*"))
     if resume:
-        if found is None and not ray_state and "://" not in run_dir:
+        if found is None and not ray_state and local:
             raise ray_env.ClusterError(f"--resume: train.out_dir={cfg.train.out_dir!r} holds no checkpoint and "
                                        f"{run_dir} no Ray run state: nothing to resume (start it without --resume)")
         return
-    if cfg.train.resume == "auto" and (found is not None or ray_state):
-        where = found if found is not None else run_dir
+    if ray_state or (cfg.train.resume == "auto" and found is not None):
+        where = run_dir if ray_state else found
         raise ray_env.ClusterError(f"train.out_dir={cfg.train.out_dir!r} already holds a run ({where}): pass --resume to "
                                    "continue it, or choose a new train.out_dir")
 
