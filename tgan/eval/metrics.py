@@ -4,7 +4,8 @@ Test features are the queries, training features the gallery, as in the authors'
 matrix of a full evaluation (10,000 x 60,000) is 2.4 GB in fp32, so it is never built: queries are
 processed in chunks whose distance block holds about `block_elements` entries; each chunk's rows are
 ranked once (one sort serves both metrics) and reduced to k-NN votes and average precisions before the
-next chunk is computed. 10,000 x 60,000 with 100-d features takes about a minute on 2 CPU cores.
+next chunk is computed. Measured for Fashion-MNIST raw pixels (10,000 x 60,000, 784-d): 0.4 s on an
+H100, 32 s on 16 CPU cores, 300 s on a busy 2-core machine (100-d features there: 88 s, 1 GB peak RSS).
 
 Tie rules (documented so results are reproducible):
 - equal distances are ordered by gallery index (stable sort), for both k-NN and mAP;
