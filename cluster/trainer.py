@@ -68,11 +68,10 @@ def make_reporter(cfg: Config, rank: int):
     def reporter(step: int, scalars: dict, saved: Path | None) -> None:
         if metrics is not None:
             metrics.record(step, scalars)
-        # Step-based, so every rank makes the same number of calls (each report is a barrier).
-        if saved is None and step % every != 0 and step != cfg.train.steps:
+        # ray.train.report is a barrier: the choice is step-based so every rank reports the same
+        # steps. Only rank 0 hands over the checkpoint directory; it holds every rank's files.
+        if saved is None and step % every != 0:
             return
-        # Every rank reports (ray.train.report is a barrier); only rank 0 hands over the checkpoint
-        # directory, which holds every rank's files already.
         checkpoint = Checkpoint.from_directory(str(saved)) if saved is not None and rank == 0 else None
         ray.train.report({"step": step, **scalars}, checkpoint=checkpoint,
                          checkpoint_dir_name=saved.name if saved is not None else None)
