@@ -2,8 +2,9 @@
 
 - A worker killed mid-run (train.fault_step) makes Ray restart the group from the last checkpoint;
   the run still ends at train.steps, and no step is logged twice.
-- --resume continues a finished/stopped run to a larger train.steps without redoing its steps; a
-  run started on a used train.out_dir without --resume is refused.
+- --resume continues a finished/stopped DeepSpeed ZeRO-2 run (every rank restores its optimizer
+  partition) to a larger train.steps without redoing its steps; a run started on a used
+  train.out_dir without --resume is refused.
 - More workers, CPUs or GPUs than the cluster has, an unwritable storage path, bf16 on CPU and an
   unreachable RAY_ADDRESS fail fast with the setting named.
 """
@@ -43,13 +44,14 @@ def test_a_killed_worker_without_restarts_fails_the_run(local_ray, debug_cfg, tm
         run(cfg)
 
 
-def test_resume_continues_a_stopped_run_without_redoing_steps(local_ray, debug_cfg, tmp_path):
+def test_resume_continues_a_stopped_deepspeed_run_without_redoing_steps(local_ray, debug_cfg, tmp_path):
     out = tmp_path / "resume_run"
-    run(debug_cfg(out, "train.steps=4"))
+    ds = ["cluster.backend=deepspeed", "cluster.deepspeed.zero_optimization.stage=2"]
+    run(debug_cfg(out, "train.steps=4", *ds))
     first = (out / "metrics.jsonl").read_text().splitlines()
     with pytest.raises(ClusterError, match="pass --resume"):
-        run(debug_cfg(out, "train.steps=6"))
-    result = run(debug_cfg(out, "train.steps=6"), resume=True)
+        run(debug_cfg(out, "train.steps=6", *ds))
+    result = run(debug_cfg(out, "train.steps=6", *ds), resume=True)  # ZeRO partitions restored per rank
     assert result.step == 6
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert lines[:4] == first and _steps(out) == [1, 2, 3, 4, 5, 6]  # steps 1-4 kept as they were

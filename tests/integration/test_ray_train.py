@@ -53,7 +53,7 @@ class Scraper(threading.Thread):
 @pytest.fixture(scope="module")
 def ddp_run(local_ray, debug_cfg, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "ddp_run"
-    cfg = debug_cfg(out, "train.steps=40", "train.checkpoint_every=20", "cluster.report_every=20")
+    cfg = debug_cfg(out, "train.steps=40", "train.checkpoint_every=10", "cluster.report_every=20")
     scraper = Scraper(local_ray, out.name)
     scraper.start()
     result = run(cfg)
@@ -67,8 +67,8 @@ def test_ddp_run_checkpoints_in_ray_storage_and_evaluates(ddp_run):
     cfg, out, result, _ = ddp_run
     assert result.step == 40 and result.metrics["step"] == 40
     assert {"loss/d", "loss/g", "loss/triplet", "triplets", "grad_norm/D", "perf/images_per_s"} <= set(result.metrics)
-    ray_ckpts = sorted(p.name for p in Path(result.run_dir).glob("step_*"))
-    assert ray_ckpts == ["step_00000020", "step_00000040"] and Path(result.checkpoint.path).name == "step_00000040"
+    ray_ckpts = sorted(p.name for p in Path(result.run_dir).glob("step_*"))  # 4 written, last 2 kept
+    assert ray_ckpts == ["step_00000030", "step_00000040"] and Path(result.checkpoint.path).name == "step_00000040"
     stored = Path(result.checkpoint.path)
     assert {"state.pt", "optim.pt", "rank_0.pt", "rank_1.pt"} <= {p.name for p in stored.iterdir()}
     table = evaluate_checkpoint(result.checkpoint, out / "eval")
