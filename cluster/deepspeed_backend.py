@@ -22,15 +22,15 @@ from deepspeed.utils import safe_get_full_grad
 from torch import nn
 
 from cluster.ray_env import free_port
-from tgan.config import ClusterConfig, ConfigError, OptimConfig
+from tgan.config import ConfigError, OptimConfig
 from tgan.train.backend import Backend, StepResult, group_lr
 
 TAG = "ds"
 
 
-def check_config(cfg: ClusterConfig, *, on_gpu: bool) -> None:
-    """Refuse settings this backend cannot honour, naming the field, before any worker starts."""
-    ds = cfg.deepspeed
+def check_config(ds: dict, *, on_gpu: bool) -> None:
+    """Refuse cluster.deepspeed settings this backend cannot honour, naming the field, before any
+    worker starts (and again in each worker, which knows its device)."""
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2):
         raise ConfigError(f"cluster.deepspeed.zero_optimization.stage={stage!r} is invalid: expected 0, 1 or 2 "
@@ -94,7 +94,7 @@ class DeepSpeedBackend(Backend):
         self._engines: dict = {}
 
     def setup(self, nets, groups, optim_cfg: OptimConfig, device):
-        check_config(ClusterConfig(deepspeed=self._user), on_gpu=device.type == "cuda")
+        check_config(self._user, on_gpu=device.type == "cuda")
         _ensure_process_group(device)
         self._raw, self._groups = dict(nets), dict(groups)
         config = engine_config(self._user, batch_size=self._batch_size, grad_clip=optim_cfg.grad_clip)

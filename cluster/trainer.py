@@ -26,7 +26,6 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from cluster import ray_env
-from cluster.deepspeed_backend import check_config as check_deepspeed
 from tgan.config import Config, config_from_dict
 from tgan.train import checkpoint as ckpt
 
@@ -138,8 +137,10 @@ def build_trainer(cfg: Config, storage: str, worker=train_worker) -> TorchTraine
 def run(cfg: Config, *, resume: bool = False) -> RunResult:
     """Driver: checks, connect, fit. Raises ClusterError / ConfigError naming the setting at fault."""
     cfg = absolute_paths(cfg)
-    if cfg.cluster.backend == "deepspeed":
-        check_deepspeed(cfg.cluster, on_gpu=cfg.cluster.use_gpu)
+    if cfg.cluster.backend == "deepspeed":  # imported only then: deepspeed takes seconds to import
+        from cluster.deepspeed_backend import check_config as check_deepspeed
+
+        check_deepspeed(cfg.cluster.deepspeed, on_gpu=cfg.cluster.use_gpu)
     storage = ray_env.storage_path(cfg.cluster, cfg.train.out_dir)
     run_dir = f"{storage.rstrip('/')}/{Path(cfg.train.out_dir).name}"
     check_run_dir(cfg, run_dir, resume)

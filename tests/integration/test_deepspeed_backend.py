@@ -18,7 +18,7 @@ import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
 from cluster.deepspeed_backend import DeepSpeedBackend, check_config, engine_config  # noqa: E402
-from tgan.config import ClusterConfig, ConfigError, LossConfig, ModelConfig, OptimConfig  # noqa: E402
+from tgan.config import ConfigError, LossConfig, ModelConfig, OptimConfig  # noqa: E402
 from tgan.losses.base import Batch  # noqa: E402
 from tgan.models.registry import get_family  # noqa: E402
 from tgan.train.backend import TorchBackend  # noqa: E402
@@ -122,12 +122,14 @@ def test_deepspeed_matches_torch_backend_at_zero_0_1_2(world, tmp_path):
 
 def test_half_precision_on_cpu_and_zero3_are_refused_naming_the_field():
     for half in ("bf16", "fp16"):
-        cfg = ClusterConfig(backend="deepspeed", deepspeed={half: {"enabled": True}})
+        ds = {half: {"enabled": True}}
         with pytest.raises(ConfigError, match=rf"cluster\.deepspeed\.{half}\.enabled=true needs GPUs"):
-            check_config(cfg, on_gpu=False)
-        check_config(cfg, on_gpu=True)
+            check_config(ds, on_gpu=False)
+        check_config(ds, on_gpu=True)
     with pytest.raises(ConfigError, match=r"cluster\.deepspeed\.zero_optimization\.stage=3"):
-        check_config(ClusterConfig(deepspeed={"zero_optimization": {"stage": 3}}), on_gpu=True)
+        check_config({"zero_optimization": {"stage": 3}}, on_gpu=True)
+    with pytest.raises(ConfigError, match=r"bf16\.enabled and cluster\.deepspeed\.fp16\.enabled are both true"):
+        check_config({"bf16": {"enabled": True}, "fp16": {"enabled": True}}, on_gpu=True)
 
 
 def test_engine_config_takes_batch_and_clipping_from_the_recipe():
