@@ -138,3 +138,17 @@ def test_engine_config_takes_batch_and_clipping_from_the_recipe():
     assert cfg["train_micro_batch_size_per_gpu"] == 16 and "train_batch_size" not in cfg
     assert cfg["gradient_clipping"] == 1.5 and cfg["zero_optimization"] == {"stage": 2}
     assert user["train_batch_size"] == 999  # the recipe's dict is not modified
+
+
+def test_half_precision_hooks_take_fp32_in_and_give_fp32_out_without_renaming_weights():
+    from torch import nn
+
+    from cluster.deepspeed_backend import _cast_hooks
+
+    net = nn.Linear(4, 3).to(torch.bfloat16)  # what a bf16 engine leaves in place of the module
+    keys = list(net.state_dict())
+    _cast_hooks(net, torch.bfloat16)
+    x = torch.randn(5, 4)
+    out = net(x)
+    assert out.dtype == torch.float32 and list(net.state_dict()) == keys  # checkpoints load into fp32 nets
+    torch.testing.assert_close(out, nn.functional.linear(x.bfloat16(), net.weight, net.bias).float())
