@@ -6,7 +6,9 @@ stratified validation split of the training features, then the probe is refit on
 """
 from __future__ import annotations
 
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -32,18 +34,6 @@ def _classifier(kind: str, c: float, seed: int):
     raise ValueError(f"eval.probe={kind!r} is invalid: expected logreg or svm")
 
 
-def _fit(kind: str, c: float, seed: int, x: np.ndarray, y: np.ndarray):
-    # One thread for BLAS and OpenMP: the solver's per-iteration products are too small to split,
-    # and threads that spin-wait between them cost far more than they save. Measured: 8000 x 784
-    # Fashion-MNIST pixels, 10x faster on a busy 2-core machine (190 s -> 20 s); on a 16-core host the
-    # probes of one evaluation had burnt 67 CPU-minutes in 4.8 minutes of wall time.
-    with warnings.catch_warnings(), threadpool_limits(limits=1):
-        # A probe that stops at MAX_ITER is still a valid (slightly under-fit) linear classifier;
-        # the warning would be printed once per C and per feature set and drown the results table.
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return _classifier(kind, c, seed).fit(x, y)
-
-
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                  *, kind: str = "logreg", seed: int = 0) -> dict[str, float]:
     """Test accuracy of a linear classifier fit on (train_x, train_y); returns {"accuracy", "C"}."""
@@ -61,10 +51,22 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
                                                   stratify=stratify)
     scaler = StandardScaler().fit(x_fit)
     x_fit, x_val = scaler.transform(x_fit), scaler.transform(x_val)
-    scores = [(_fit(kind, c, seed, x_fit, y_fit).score(x_val, y_val), c) for c in C_GRID]
-    # Highest validation accuracy; among equals the smallest C (strongest regularisation).
-    best_c = max(scores, key=lambda s: (s[0], -s[1]))[1]
+    full_scaler = StandardScaler().fit(x)
+    x_full = full_scaler.transform(x)
 
-    scaler = StandardScaler().fit(x)
-    probe = _fit(kind, best_c, seed, scaler.transform(x), y)
-    return {"accuracy": float(probe.score(scaler.transform(xt), yt)), "C": best_c}
+    # One BLAS/OpenMP thread per fit, with the C values fit side by side instead: a solver's
+    # per-iteration products are too small to split, and threads spin-waiting between them cost
+    # far more than they save (8000 x 784 Fashion-MNIST pixels: 190 s with the default threads,
+    # 20 s with one, on a busy 2-core machine). The limit is process-wide, so it is set here once
+    # for all the fitting threads. sklearn's solvers release the GIL while they compute.
+    with warnings.catch_warnings(), threadpool_limits(limits=1), \
+            ThreadPoolExecutor(max_workers=min(len(C_GRID), os.cpu_count() or 1)) as pool:
+        # A probe that stops at MAX_ITER is still a valid (slightly under-fit) linear classifier;
+        # the warning would be printed once per C and per feature set and drown the results table.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fits = pool.map(lambda c: _classifier(kind, c, seed).fit(x_fit, y_fit), C_GRID)
+        scores = [(probe.score(x_val, y_val), c) for probe, c in zip(fits, C_GRID)]
+        # Highest validation accuracy; among equals the smallest C (strongest regularisation).
+        best_c = max(scores, key=lambda s: (s[0], -s[1]))[1]
+        probe = _classifier(kind, best_c, seed).fit(x_full, y)
+    return {"accuracy": float(probe.score(full_scaler.transform(xt), yt)), "C": best_c}
