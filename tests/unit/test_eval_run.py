@@ -167,6 +167,8 @@ def test_cli_errors_name_the_problem(trained, tmp_path, capsys):
     _, _, run_dir = trained
     assert main([str(run_dir), "--set", "model.width=2"]) == 2
     assert "--set model.width=2: only eval.*, data.*" in capsys.readouterr().err
+    assert main([str(run_dir), "--set", "train.seed=3"]) == 2  # would change the random-init baseline
+    capsys.readouterr()
     assert main([str(tmp_path)]) == 1
     assert f"{tmp_path} is neither a checkpoint directory" in capsys.readouterr().err
     assert main([str(run_dir), "--set", f"data.shards={tmp_path / 'none'}"]) == 1

@@ -9,8 +9,9 @@ from tgan.config import ConfigError, dump_yaml, load_config
 from tgan.data.index import DataError
 from tgan.train.checkpoint import latest_checkpoint, load_networks
 
-# The networks come from the checkpoint, so only what reads data or scores features may change.
-OVERRIDABLE = ("eval.", "data.", "train.device=", "train.seed=")
+# The networks come from the checkpoint, so only what reads data or scores features may change;
+# train.seed stays, because it defines the random-init baseline (the run's own initial weights).
+OVERRIDABLE = ("eval.", "data.", "train.device=")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -19,7 +20,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("checkpoint", help="checkpoint directory (runs/<name>/checkpoints/step_...) or a run "
                                       "directory (its newest checkpoint is used)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override of eval.*, data.*, train.device or train.seed, repeatable "
+                   help="override of eval.*, data.* or train.device, repeatable "
                         "(e.g. --set eval.max_test=1000 --set data.shards=/data/fmnist)")
     p.add_argument("--out", help="output directory (default: <run directory>/eval/<checkpoint name>)")
     return p.parse_args(argv)
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bad = [o for o in args.overrides if not o.startswith(OVERRIDABLE)]
     if bad:
-        print(f"error: --set {bad[0]}: only eval.*, data.*, train.device and train.seed can change at "
+        print(f"error: --set {bad[0]}: only eval.*, data.* and train.device can change at "
               "evaluation (the networks and their config come from the checkpoint)", file=sys.stderr)
         return 2
     # Imported here so that argument errors need neither torch's model code nor the data code.
