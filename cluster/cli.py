@@ -2,39 +2,21 @@
 submit`) -> evaluation table. The flags are the one-process CLI's (tgan.train.cli) plus --resume."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
-from tgan.config import ConfigError, load_config
-from tgan.train.cli import world_arithmetic
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train a metric-learning GAN from a YAML recipe on Ray Train.")
-    p.add_argument("--config", required=True, help="recipe, e.g. launch/recipes/debug.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override, repeatable (e.g. --set loss.alpha=20 --set cluster.num_workers=4)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the resolved config and the world-size arithmetic, then exit")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the stopped run in train.out_dir from its last checkpoint")
-    return p.parse_args(argv)
+from tgan.config import ConfigError
+from tgan.train.cli import recipe_parser, resolve_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-        print("# " + world_arithmetic(cfg).replace("\n", "\n# "))
-        return 0
+    p = recipe_parser("Train a metric-learning GAN from a YAML recipe on Ray Train.")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the stopped run in train.out_dir from its last checkpoint")
+    args = p.parse_args(argv)
+    cfg = resolve_config(args)
+    if isinstance(cfg, int):
+        return cfg
     # Imported here so that --dry-run and config errors start no Ray.
     from cluster.ray_env import ClusterError
     from cluster.trainer import evaluate_checkpoint, run

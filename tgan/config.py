@@ -167,6 +167,10 @@ class TrainConfig:
 
     steps: int = 1000
     """Number of D steps (each followed by loss.g_steps_per_d_step G/E steps)."""
+    time_limit_s: float = 0.0
+    """Stop early, with a checkpoint, at the first step that ends this many seconds after training
+    started in this process (0 = no limit): equal-wall-time comparisons of models. Rank 0's clock
+    decides for every rank; a resumed run gets the full limit again."""
     seed: int = 0
     """Base seed; rank r uses tgan.dist.rank_seed(seed, r)."""
     out_dir: str = "runs/default"
@@ -190,6 +194,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
+        _check(self.time_limit_s >= 0, "train.time_limit_s", self.time_limit_s, "a number of seconds >= 0 (0 = off)")
         _check(self.device in ("auto", "cpu", "cuda"), "train.device", self.device, "auto, cpu or cuda")
         _check(self.log_every >= 1, "train.log_every", self.log_every, "an integer >= 1")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "an integer >= 0")

@@ -1,7 +1,7 @@
 """The training loop on 2 spawned gloo ranks with DDP: both ranks end with identical weights, every
 rank writes its own part of the checkpoint, a resumed run repeats every rank's losses and weights,
-and a diverging run stops on both ranks at the same step (the non-finite decision is agreed, so no
-rank waits in a collective for the other)."""
+and a diverging run, or one out of train.time_limit_s, stops on both ranks at the same step (the
+decision is agreed, so no rank waits in a collective for the other)."""
 from pathlib import Path
 
 import torch
@@ -49,6 +49,13 @@ def _worker(rank, init_file, shards, tmp):
         except NonFiniteError as e:
             stopped = str(e).split("(up to step ")[1].split(")")[0]
         torch.save(stopped, f"{tmp}/stopped{rank}.pt")
+
+        # Rank 0's clock decides train.time_limit_s for all: here only its own limit has run out.
+        limit = 1e-6 if rank == 0 else 3600
+        timed = train(load_config(DEBUG, [*common, "train.steps=50", f"train.time_limit_s={limit}",
+                                          f"train.out_dir={tmp}/timed"]))
+        torch.save(timed.step, f"{tmp}/timed{rank}.pt")
+        dist.barrier()  # neither rank tears the group down while the other is still in a collective
     finally:
         dist.destroy_process_group()
 
@@ -83,6 +90,9 @@ def test_two_rank_ddp_run_keeps_ranks_identical_and_checkpoints_every_rank(tmp_p
     stopped = [torch.load(tmp_path / f"stopped{r}.pt") for r in range(WORLD)]
     assert stopped[0] is not None and stopped[0] == stopped[1]
 
+    assert [torch.load(tmp_path / f"timed{r}.pt") for r in range(WORLD)] == [1, 1]
+    assert (tmp_path / "timed" / "checkpoints" / "step_00000001" / "rank_1.pt").is_file()
+
 
 def _backend_worker(rank, init_file, tmp):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
@@ -103,6 +113,7 @@ def _backend_worker(rank, init_file, tmp):
         good = backend.step("D", backend.module("D")(x).sum())
         torch.save({"finite": (result.finite, good.finite), "unchanged": unchanged,
                     "weight": backend.raw("D").weight.detach()}, f"{tmp}/backend{rank}.pt")
+        dist.barrier()  # neither rank tears the group down while the other is still in a collective
     finally:
         dist.destroy_process_group()
 

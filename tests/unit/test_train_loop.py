@@ -1,6 +1,8 @@
 """The one-process training loop on the debug recipe: run directory, metrics, phases, seeds, the
 non-finite guard and shard preparation. Resume is in test_checkpoint.py."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,21 @@ def test_missing_digits_shards_are_prepared_and_other_datasets_name_the_command(
     cfg = load_config(DEBUG, [f"data.shards={tmp_path / 'cifar'}", "data.dataset=cifar10"])
     with pytest.raises(FileNotFoundError, match=r"launch/prepare_data.py --dataset cifar10 --root .* --out .*cifar"):
         ensure_shards(cfg.data)
+
+
+def test_time_limit_stops_early_with_a_checkpoint_and_the_cli_then_evaluates(shards, tmp_path):
+    out = tmp_path / "timed"
+    proc = subprocess.run([sys.executable, "-m", "tgan.train.cli", "--config", str(DEBUG),
+                           "--set", f"data.shards={shards}", "--set", f"train.out_dir={out}",
+                           "--set", "train.steps=1000", "--set", "train.time_limit_s=0.000001"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "train.time_limit_s=1e-06 reached: stopped at step 1 of 1000" in proc.stdout
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001"]
+    assert [r["step"] for r in metrics(out)] == [1]
+    # The evaluation table of the end of training: trained E, random-init E, raw pixels.
+    assert "| model E |" in proc.stdout and "| raw pixels |" in proc.stdout
+    assert json.loads((out / "eval" / "eval.json").read_text())["num_test"] == 200
 
 
 def test_run_writes_config_metrics_and_keeps_the_last_checkpoints(shards, tmp_path):

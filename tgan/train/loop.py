@@ -41,7 +41,8 @@ class NonFiniteError(RuntimeError):
 @dataclass
 class TrainResult:
     step: int
-    """Completed steps (train.steps unless the run was already further along)."""
+    """The last completed step: train.steps, fewer when train.time_limit_s ran out, more when the
+    resumed run was already further along."""
     scalars: dict[str, float]
     """The last step's scalars (losses, grad norms, perf, counters)."""
     checkpoint: Path | None
@@ -133,6 +134,16 @@ def _global_sum(value: int, device: torch.device) -> int:
     return int(t.item())
 
 
+def _out_of_time(deadline: float | None, device: torch.device) -> bool:
+    """Whether train.time_limit_s has run out, by rank 0's clock, so that every rank stops together."""
+    if deadline is None:
+        return False
+    flag = torch.tensor([float(time.monotonic() >= deadline)], device=device)
+    if dist.is_dist():
+        torch_dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
 def _maybe_fault(cfg: Config, step: int) -> None:
     """train.fault_step: one rank dies once (a marker file remembers it) to exercise restarts."""
     target = 1 if dist.world_size() > 1 else 0
@@ -152,7 +163,7 @@ def _trim_metrics(path: Path, last_step: int) -> None:
 
 def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | None = None,
           resume_from: str | Path | None = None) -> TrainResult:
-    """Train `cfg` on this rank; returns when train.steps steps are done.
+    """Train `cfg` on this rank; returns when train.steps steps are done (or train.time_limit_s is up).
 
     `reporter(step, scalars, checkpoint_dir_or_None)` is called on every rank at every log step and
     at every checkpoint; rank 0 also appends the scalars to <out_dir>/metrics.jsonl.
@@ -200,13 +211,17 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
 
     run_phase = PhaseRunner(backend, family.groups, loss_fn, list(nets))
     scalars: dict[str, float] = {}
+    done = start
+    deadline = time.monotonic() + cfg.train.time_limit_s if cfg.train.time_limit_s > 0 else None
     try:
         for step in range(start + 1, cfg.train.steps + 1):
             _maybe_fault(cfg, step)
             scalars, give_up = _train_step(cfg, step, streams, device, run_phase, family.groups, counters)
+            done = step
+            last = step == cfg.train.steps or _out_of_time(deadline, device)
             every = cfg.train.checkpoint_every
-            is_log = step % cfg.train.log_every == 0 or step == cfg.train.steps or give_up
-            is_ckpt = not give_up and (step == cfg.train.steps or (every > 0 and step % every == 0))
+            is_log = step % cfg.train.log_every == 0 or last or give_up
+            is_ckpt = not give_up and (last or (every > 0 and step % every == 0))
             if not (is_log or is_ckpt):
                 continue
             scalars["data/corrupt_samples"] = _global_sum(streams.corrupt_samples, device)
@@ -227,9 +242,14 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
                     f"{counters['nonfinite_in_row']} steps in a row (up to step {step}) had a non-finite loss or "
                     f"gradient norm and were skipped (train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); "
                     f"last scalars {scalars}: lower optim.lr or set optim.grad_clip")
+            if last and step < cfg.train.steps:
+                if rank == 0:
+                    print(f"train.time_limit_s={cfg.train.time_limit_s:g} reached: stopped at step {step} "
+                          f"of {cfg.train.steps}", flush=True)
+                break
     finally:
         streams.close()  # stops the loader's worker processes
-    return TrainResult(step=max(start, cfg.train.steps), scalars=scalars, checkpoint=last_ckpt,
+    return TrainResult(step=done, scalars=scalars, checkpoint=last_ckpt,
                        nets={n: backend.raw(n) for n in nets})
 
 
