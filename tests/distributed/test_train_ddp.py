@@ -11,7 +11,6 @@ import torch.multiprocessing as mp
 from tgan.config import load_config
 from tgan.train.checkpoint import load_checkpoint
 from tgan.train.loop import NonFiniteError, train
-from tgan.train.shards import ensure_shards
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBUG = ROOT / "launch" / "recipes" / "debug.yaml"
@@ -60,10 +59,8 @@ def _worker(rank, init_file, shards, tmp):
         dist.destroy_process_group()
 
 
-def test_two_rank_ddp_run_keeps_ranks_identical_and_checkpoints_every_rank(tmp_path):
-    shards = tmp_path / "digits-16"
-    ensure_shards(load_config(DEBUG, [f"data.shards={shards}"]).data)
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(shards), str(tmp_path)), nprocs=WORLD, join=True)
+def test_two_rank_ddp_run_keeps_ranks_identical_and_checkpoints_every_rank(debug_shards, tmp_path):
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(debug_shards), str(tmp_path)), nprocs=WORLD, join=True)
 
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD))
     assert set(r0["params"]) == {"G", "E", "D"}

@@ -1,5 +1,5 @@
 """One real local Ray per test module (started like launch/train.py does, with a metrics port),
-digits shards made once per session, and helpers shared by the integration tests."""
+and helpers shared by the integration tests."""
 import os
 from pathlib import Path
 
@@ -15,13 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DEBUG = ROOT / "launch" / "recipes" / "debug.yaml"
 
 
-@pytest.fixture(scope="session")
-def shards(tmp_path_factory):
-    from tgan.train.shards import ensure_shards
-
-    path = tmp_path_factory.mktemp("shards") / "digits-16"
-    ensure_shards(load_config(DEBUG, [f"data.shards={path}"]).data)
-    return path
+@pytest.fixture(scope="module")
+def shards(debug_shards):
+    return debug_shards
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,14 @@ import torch
 from tgan.config import load_config
 from tgan.train import checkpoint as ckpt
 from tgan.train.loop import train
-from tgan.train.shards import ensure_shards
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBUG = ROOT / "launch" / "recipes" / "debug.yaml"
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    path = tmp_path_factory.mktemp("shards") / "digits-16"
-    ensure_shards(load_config(DEBUG, [f"data.shards={path}"]).data)
-    return path
+def shards(debug_shards):
+    return debug_shards
 
 
 def cfg_for(shards, out, *overrides):

@@ -12,7 +12,6 @@ from tgan.eval.pictures import grad_norm_plot
 from tgan.eval.run import EvalData, evaluate, load_eval_data, random_init_networks
 from tgan.models.registry import get_family
 from tgan.train.loop import train
-from tgan.train.shards import ensure_shards
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBUG = ROOT / "launch" / "recipes" / "debug.yaml"
@@ -25,10 +24,8 @@ def grid_size(ncols, nrows, side=SIDE):
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    path = tmp_path_factory.mktemp("shards") / "digits-16"
-    ensure_shards(load_config(DEBUG, [f"data.shards={path}"]).data)
-    return path
+def shards(debug_shards):
+    return debug_shards
 
 
 def cfg_for(shards, out, *overrides):

@@ -21,11 +21,8 @@ DEBUG = ROOT / "launch" / "recipes" / "debug.yaml"
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    """Digits shards at 16x16, made once by the loop's own preparation path."""
-    path = tmp_path_factory.mktemp("shards") / "digits-16"
-    ensure_shards(load_config(DEBUG, [f"data.shards={path}"]).data)
-    return path
+def shards(debug_shards):
+    return debug_shards
 
 
 def debug_cfg(shards, out, *overrides):
