@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tgan.config import ConfigError
 from tgan.train.cli import recipe_parser, resolve_config
 
 
@@ -19,13 +18,12 @@ def main(argv: list[str] | None = None) -> int:
         return cfg
     # Imported here so that --dry-run and config errors start no Ray.
     from cluster.ray_env import ClusterError
-    from cluster.trainer import evaluate_checkpoint, run
+    from cluster.trainer import USER_ERRORS, evaluate_checkpoint, run
     from tgan.eval.run import markdown_table
-    from tgan.train.loop import NonFiniteError
 
     try:
         result = run(cfg, resume=args.resume)
-    except (ConfigError, ClusterError, FileNotFoundError, NonFiniteError) as e:
+    except (ClusterError, *USER_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     out = Path(cfg.train.out_dir).resolve()

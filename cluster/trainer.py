@@ -24,10 +24,16 @@ from pathlib import Path
 import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.v2.api.exceptions import WorkerGroupError
 
 from cluster import ray_env
-from tgan.config import Config, config_from_dict
+from tgan.config import Config, ConfigError, config_from_dict
+from tgan.data.index import DataError
 from tgan.train import checkpoint as ckpt
+from tgan.train.loop import NonFiniteError
+
+USER_ERRORS = (ConfigError, DataError, FileNotFoundError, NonFiniteError)
+"""Errors a worker raises about the user's settings or data: their message says what to change."""
 
 
 @dataclass
@@ -134,6 +140,17 @@ def build_trainer(cfg: Config, storage: str, worker=train_worker) -> TorchTraine
             worker_runtime_env={"env_vars": ray_env.worker_env(c)}))
 
 
+def user_error(e: WorkerGroupError) -> Exception:
+    """The first worker's own error when it is one of USER_ERRORS (so the command line prints its
+    message, not Ray's traceback), else Ray's error as it was. Ray hands worker errors over either
+    as they were raised or wrapped (RayTaskError, with the original in `.cause`)."""
+    for failure in e.worker_failures.values():
+        cause = getattr(failure, "cause", None) or failure
+        if isinstance(cause, USER_ERRORS):
+            return cause
+    return e
+
+
 def run(cfg: Config, *, resume: bool = False) -> RunResult:
     """Driver: checks, connect, fit. Raises ClusterError / ConfigError naming the setting at fault."""
     cfg = absolute_paths(cfg)
@@ -148,7 +165,10 @@ def run(cfg: Config, *, resume: bool = False) -> RunResult:
     ray_env.check_resources(cfg.cluster)
     if conn.metrics_url:
         print(f"metrics (Prometheus format): {conn.metrics_url}", flush=True)
-    result = build_trainer(cfg, storage).fit()
+    try:
+        result = build_trainer(cfg, storage).fit()
+    except WorkerGroupError as e:
+        raise user_error(e) from e
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train finished without a checkpoint in {run_dir}")
     metrics = result.metrics or {}

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEBUG = ROOT / "launch" / "recipes" / "debug.yaml"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shards(debug_shards):
     return debug_shards
 

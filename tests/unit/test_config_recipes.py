@@ -77,3 +77,23 @@ def test_invalid_value_exits_non_zero_with_the_config_error():
     assert "loss.alpha=-1.0 is invalid" in proc.stderr
     proc = run_cli("--config", str(RECIPES / "nope.yaml"), "--dry-run")
     assert proc.returncode != 0 and "nope.yaml does not exist" in proc.stderr
+
+
+# Training-set sizes of the torchvision datasets (the splits prepare_data.py writes as train).
+TRAIN_IMAGES = {"cifar10": 50_000, "svhn": 73_257, "celeba": 162_770, "fashion-mnist": 60_000}
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shards_made_with_the_default_size_give_every_reader_of_a_recipe_its_own(path):
+    """Otherwise the recipe stops at its first step: one shard per rank x loader worker."""
+    from tgan.data.prepare import DEFAULT_SHARD_SIZE
+    from tgan.train.shards import DIGITS_SHARD_SIZE
+
+    cfg = load_config(path)
+    if cfg.data.resampled:
+        return
+    if cfg.data.dataset == "digits":
+        shards = -(-1437 // DIGITS_SHARD_SIZE)  # 80% of the 1,797 digits are the training split
+    else:
+        shards = -(-TRAIN_IMAGES[cfg.data.dataset] // DEFAULT_SHARD_SIZE)
+    assert shards >= cfg.cluster.num_workers * max(1, cfg.data.num_workers), path.name
