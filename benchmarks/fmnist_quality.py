@@ -94,12 +94,16 @@ def main() -> int:
     for pair in PAIRS:
         t0 = time.time()
         procs = {family: launch(family, args, out / family) for family in pair}
-        for family, proc in procs.items():
-            if proc.wait() != 0:
-                print(f"{family} failed: see {out / (family + '.log')}", file=sys.stderr)
-                return 1
-            walls[family] = time.time() - t0
-            runs[family] = summary(out / family)
+        while len(walls) < len(runs) + len(procs):
+            for family, proc in procs.items():
+                if family in walls or proc.poll() is None:
+                    continue
+                if proc.returncode != 0:
+                    print(f"{family} failed: see {out / (family + '.log')}", file=sys.stderr)
+                    return 1
+                walls[family] = time.time() - t0
+            time.sleep(1)
+        runs.update({family: summary(out / family) for family in pair})
         print(f"{' and '.join(pair)}: {time.time() - t0:.0f} s, training and evaluation", flush=True)
 
     lines = ["# Fashion-MNIST quality, equal wall time per model", "",
