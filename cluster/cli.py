@@ -1,5 +1,6 @@
 """launch/train.py: recipe + dotted overrides -> Ray Train run (local Ray, RAY_ADDRESS or `ray job
-submit`) -> evaluation table. The flags are the one-process CLI's (tgan.train.cli) plus --resume."""
+submit`) -> evaluation table. The flags are the one-process CLI's (tgan.train.cli) plus --resume.
+launch/sweep.py (`sweep_main`): the same flags plus --grid -> a Ray Tune sweep of such runs."""
 from __future__ import annotations
 
 import sys
@@ -35,3 +36,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"samples and evaluation: {eval_dir} (eval.json, eval.md, pictures)")
     print(markdown_table(table))
     return 0
+
+
+def sweep_main(argv: list[str] | None = None) -> int:
+    """launch/sweep.py: a Ray Tune grid over config fields, one tgan Ray Train run per point."""
+    p = recipe_parser("Sweep config fields with Ray Tune: one Ray Train run per grid point, ranked by "
+                      "its evaluation.")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", required=True,
+                   help="values of one field, repeatable (e.g. --grid loss.alpha=0.2,2,20 "
+                        "--grid model.embedding_dim=100,500 --grid data.labelled_fraction=0.01,0.1)")
+    p.add_argument("--metric", default="map", help="rank trials by map, knn9 or probe (default map)")
+    p.add_argument("--max-concurrent", type=int, default=0,
+                   help="trials at once (default: as many as the cluster's CPUs hold)")
+    args = p.parse_args(argv)
+    cfg = resolve_config(args)
+    if isinstance(cfg, int):
+        return cfg
+    from cluster.ray_env import ClusterError
+    from cluster.sweep import markdown, parse_grid, sweep
+    from tgan.config import ConfigError
+
+    try:
+        grid = parse_grid(args.grid)
+        trials = sweep(cfg, grid, metric=args.metric, max_concurrent=args.max_concurrent)
+    except (ClusterError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+    print(f"sweep of {len(trials)} trials in {Path(cfg.train.out_dir).resolve()} (one directory per trial; "
+          f"Tune's state in tune/), best {args.metric} first:")
+    print(markdown(trials, grid), end="")
+    return 0 if all(t.error is None for t in trials) else 1
