@@ -16,6 +16,7 @@ from tgan.config import DataConfig
 from tgan.data.prepare import write_shards
 from tgan.data.sources import array_source
 from tgan.data.streams import build_streams
+from spawned import leave
 
 N_TRAIN, BATCH, STEPS = 203, 5, 60
 
@@ -43,6 +44,7 @@ def _worker(rank: int, world: int, init_file: str, shards: str, out: str) -> Non
         if rank == 0:
             torch.save({"seen": torch.stack(seen), "keys": keys}, out)
         streams.close()
+        leave()
     finally:
         dist.destroy_process_group()
 

@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from tgan.config import load_config
 from tgan.train.checkpoint import load_checkpoint
 from tgan.train.loop import NonFiniteError, train
+from spawned import leave
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBUG = ROOT / "launch" / "recipes" / "debug.yaml"
@@ -54,7 +55,7 @@ def _worker(rank, init_file, shards, tmp):
         timed = train(load_config(DEBUG, [*common, "train.steps=50", f"train.time_limit_s={limit}",
                                           f"train.out_dir={tmp}/timed"]))
         torch.save(timed.step, f"{tmp}/timed{rank}.pt")
-        dist.barrier()  # neither rank tears the group down while the other is still in a collective
+        leave()
     finally:
         dist.destroy_process_group()
 
@@ -110,7 +111,7 @@ def _backend_worker(rank, init_file, tmp):
         good = backend.step("D", backend.module("D")(x).sum())
         torch.save({"finite": (result.finite, good.finite), "unchanged": unchanged,
                     "weight": backend.raw("D").weight.detach()}, f"{tmp}/backend{rank}.pt")
-        dist.barrier()  # neither rank tears the group down while the other is still in a collective
+        leave()
     finally:
         dist.destroy_process_group()
 
