@@ -14,6 +14,7 @@ workers get the cluster's CPUs; `max_concurrent` trials run side by side.
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,6 @@ def trial_config(base: Config, point: dict[str, Any]) -> Config:
 
 def check_grid(base: Config, grid: dict[str, list]) -> None:
     """Every point of the grid must be a valid config: fail before any trial starts."""
-    import itertools
-
     for combo in itertools.product(*grid.values()):
         trial_config(base, dict(zip(grid, combo)))
 
