@@ -19,8 +19,9 @@ def main(argv: list[str] | None = None) -> int:
         return cfg
     # Imported here so that --dry-run and config errors start no Ray.
     from cluster.ray_env import ClusterError
-    from cluster.trainer import USER_ERRORS, evaluate_checkpoint, run
+    from cluster.trainer import evaluate_checkpoint, run
     from tgan.eval.run import markdown_table
+    from tgan.train.loop import USER_ERRORS
 
     try:
         result = run(cfg, resume=args.resume)

@@ -27,13 +27,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2.api.exceptions import WorkerGroupError
 
 from cluster import ray_env
-from tgan.config import Config, ConfigError, config_from_dict
-from tgan.data.index import DataError
+from tgan.config import Config, config_from_dict
 from tgan.train import checkpoint as ckpt
-from tgan.train.loop import NonFiniteError
-
-USER_ERRORS = (ConfigError, DataError, FileNotFoundError, NonFiniteError)
-"""Errors a worker raises about the user's settings or data: their message says what to change."""
+from tgan.train.loop import USER_ERRORS
 
 
 @dataclass

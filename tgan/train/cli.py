@@ -63,14 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(cfg, int):
         return cfg
     # Imported here so that --dry-run and config errors need neither the data nor the model code.
-    from tgan.data.index import DataError
     from tgan.eval.run import evaluate, markdown_table
-    from tgan.train.loop import NonFiniteError, train
+    from tgan.train.loop import USER_ERRORS, train
 
     try:
         result = train(cfg)
         table = None if args.no_eval else evaluate(cfg, result.nets, Path(cfg.train.out_dir) / "eval")
-    except (ConfigError, DataError, FileNotFoundError, NonFiniteError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     shown = {k: round(v, 4) for k, v in result.scalars.items() if k.startswith(("loss/", "perf/images"))}

@@ -24,6 +24,7 @@ from torch import nn
 
 from tgan import dist
 from tgan.config import Config, ConfigError, dump_yaml
+from tgan.data.index import DataError
 from tgan.data.streams import build_streams
 from tgan.losses.base import Batch
 from tgan.models.registry import get_family
@@ -36,6 +37,11 @@ Reporter = Callable[[int, dict[str, float], "Path | None"], None]
 
 class NonFiniteError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient norm."""
+
+
+USER_ERRORS = (ConfigError, DataError, FileNotFoundError, NonFiniteError)
+"""What train() raises about the user's settings or data: the message says what to change, so the
+command lines print it as one line (cluster/ also unwraps it from Ray's worker errors)."""
 
 
 @dataclass
