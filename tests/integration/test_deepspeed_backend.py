@@ -63,7 +63,9 @@ def _worker(rank, world, init_file, tmp):
             losses, weights = _run(ds, rank)
             if stage == 0:
                 torch.testing.assert_close(losses, ref_losses, rtol=1e-6, atol=1e-6)
-                torch.testing.assert_close(weights, ref_weights, rtol=1e-6, atol=1e-6)
+                # 1e-5 as in the exactness contract: Adam's division by a tiny second moment can
+                # turn a last-bit difference of the reduced gradient into a few 1e-6 (seen once in 361k).
+                torch.testing.assert_close(weights, ref_weights, rtol=1e-5, atol=1e-5)
                 continue
             torch.testing.assert_close(losses, ref_losses, rtol=TOL, atol=TOL, msg=f"ZeRO-{stage} losses")
             diff = (weights - ref_weights).abs()
