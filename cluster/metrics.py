@@ -21,6 +21,8 @@ Exported names (as scraped, i.e. with Ray's prefix) and the loop scalar each com
 - ray_tgan_nonfinite_steps_skipped: nonfinite_skipped (run total, survives restarts)
 - ray_tgan_corrupt_samples_skipped: data/corrupt_samples (run total over all ranks)
 - ray_tgan_step: the step the values belong to
+- ray_tgan_validation{metric=map|knn1|knn<k>|probe}: val/<metric>, the live validation metrics
+  (eval.every; same value on every rank), exported only by runs that compute them
 """
 from __future__ import annotations
 
@@ -57,6 +59,8 @@ class WorkerMetrics:
         self.corrupt = Gauge("tgan_corrupt_samples_skipped", "corrupt samples skipped by the data stream, run total "
                              "over all ranks", tag_keys=LABELS)
         self.step = Gauge("tgan_step", "training step of the last recorded values", tag_keys=LABELS)
+        self.validation = Gauge("tgan_validation", "live validation metric of the held-out split (eval.every)",
+                                tag_keys=LABELS + ("metric",))
 
     def record(self, step: int, scalars: Mapping[str, float]) -> None:
         tags = self.tags
@@ -81,3 +85,5 @@ class WorkerMetrics:
                 self.loss.set(value, tags={**tags, "term": sub})
             elif kind == "grad_norm" and sub:
                 self.grad_norm.set(value, tags={**tags, "network": sub})
+            elif kind == "val" and sub:
+                self.validation.set(value, tags={**tags, "metric": sub})

@@ -56,7 +56,7 @@ def absolute_paths(cfg: Config) -> Config:
 
 def make_reporter(cfg: Config, rank: int):
     """The loop's reporter on a Ray Train worker: Prometheus every logged step, ray.train.report every
-    cluster.report_every steps and at every checkpoint."""
+    cluster.report_every steps, at every checkpoint and at every live validation (eval.every)."""
     metrics = None
     if cfg.cluster.metrics:
         from cluster.metrics import WorkerMetrics
@@ -70,8 +70,9 @@ def make_reporter(cfg: Config, rank: int):
         if metrics is not None:
             metrics.record(step, scalars)
         # ray.train.report is a barrier: the choice is step-based so every rank reports the same
-        # steps. Only rank 0 hands over the checkpoint directory; it holds every rank's files.
-        if saved is None and step % every != 0:
+        # steps (validation metrics come at the same steps on every rank, and schedulers need each).
+        # Only rank 0 hands over the checkpoint directory; it holds every rank's files.
+        if saved is None and step % every != 0 and not any(k.startswith("val/") for k in scalars):
             return
         checkpoint = Checkpoint.from_directory(str(saved)) if saved is not None and rank == 0 else None
         ray.train.report({"step": step, **scalars}, checkpoint=checkpoint,

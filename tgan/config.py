@@ -51,6 +51,11 @@ class DataConfig:
     """Number of labelled examples per class ("N labels" in the papers); exclusive with labelled_fraction."""
     label_seed: int = 0
     """Seed of the labelled-subset choice (independent of the training seed)."""
+    validation_size: int = 0
+    """Training examples held out as the validation split (stratified by class, chosen by hash like the
+    labelled subset, never trained on); model selection reads it, the test split is only reported. 0 = none."""
+    validation_seed: int = 0
+    """Seed of the validation-split choice (independent of label_seed and the training seed)."""
     num_workers: int = 0
     """DataLoader worker processes per rank (0 = read in the training process)."""
     shuffle_buffer: int = 1000
@@ -73,6 +78,7 @@ class DataConfig:
             _check(0 < f <= 1, "data.labelled_fraction", f, "a number in (0, 1]")
         if self.labels_per_class is not None:
             _check(self.labels_per_class >= 1, "data.labels_per_class", self.labels_per_class, "an integer >= 1")
+        _check(self.validation_size >= 0, "data.validation_size", self.validation_size, "an integer >= 0 (0 = none)")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
         _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
         _check(self.augment in ("none", "flip", "crop_flip"), "data.augment", self.augment, "none, flip or crop_flip")
@@ -218,9 +224,20 @@ class EvalConfig:
     """Linear probe: logreg or svm (L2-regularised, C chosen on a validation split)."""
     pictures: bool = True
     """Write sample grid, interpolation, reconstructions and grad-norm plot as PNG."""
+    every: int = 0
+    """Steps between live validation metrics (val/map, val/knn1, val/knn<k>, val/probe): rank 0 ranks the
+    validation split (data.validation_size) against a fixed gallery of training examples, every rank
+    reports the result; also at the last step. 0 = off."""
+    gallery_size: int = 1000
+    """Training examples (stratified, never validation ones) in the live-validation gallery."""
+    live_probe: bool = False
+    """Also fit the linear probe (eval.probe) on the gallery and report its validation accuracy as val/probe
+    (seconds per evaluation on CPU, so off by default)."""
 
     def __post_init__(self) -> None:
         _check(self.max_k >= 1, "eval.max_k", self.max_k, "an integer >= 1")
+        _check(self.every >= 0, "eval.every", self.every, "an integer >= 0 (0 = off)")
+        _check(self.gallery_size >= 1, "eval.gallery_size", self.gallery_size, "an integer >= 1")
         _check(self.probe in ("logreg", "svm"), "eval.probe", self.probe, "logreg or svm")
 
 
@@ -267,6 +284,8 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self) -> None:
+        _check(self.eval.every == 0 or self.data.validation_size > 0, "eval.every", self.eval.every,
+               "0 unless data.validation_size > 0 (live validation needs a validation split)")
         if self.model.family == "tribigan":
             _check(self.data.has_labels, "data.labelled_fraction", None,
                    "a labelled_fraction or labels_per_class for model.family=tribigan")

@@ -58,8 +58,11 @@ class ShardStream(IterableDataset):
 
     def __init__(self, paths: list[Path], counts: list[int], *, image_size: int, channels: int, batch_size: int,
                  seed: int, rank: int = 0, world_size: int = 1, num_workers: int = 0, shuffle_buffer: int = 1000,
-                 augment: str = "none", resampled: bool = False, epochs: int | None = None, start_batch: int = 0):
+                 augment: str = "none", resampled: bool = False, epochs: int | None = None, start_batch: int = 0,
+                 exclude: dict[int, frozenset[str]] | None = None):
         self.paths, self.counts = list(paths), list(counts)
+        self.exclude = exclude or {}
+        """Shard index -> keys this stream never yields (the validation split)."""
         self.image_size, self.channels, self.batch_size = image_size, channels, batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.workers = max(1, num_workers)
@@ -67,6 +70,14 @@ class ShardStream(IterableDataset):
         self.epochs, self.start_batch = epochs, start_batch
         readers = world_size * self.workers
         assert resampled or len(paths) >= readers, "build_streams checks shards >= readers before this"
+
+    def usable(self, i: int) -> int:
+        """Samples that shard i contributes: those stored minus the excluded ones."""
+        return self.counts[i] - len(self.exclude.get(i, ()))
+
+    def _read(self, i: int, missing) -> Iterator[dict]:
+        skip = self.exclude.get(i, frozenset())
+        return (s for s in read_shard(self.paths[i], self.counts[i], missing) if s["__key__"] not in skip)
 
     def epoch_shards(self, epoch: int, reader: int) -> list[int]:
         n, readers = len(self.paths), self.world_size * self.workers
@@ -99,12 +110,12 @@ class ShardStream(IterableDataset):
         epoch = 0
         while self.epochs is None or epoch < self.epochs:
             shards = self.epoch_shards(epoch, reader)
-            total = sum(self.counts[i] for i in shards)
+            total = sum(self.usable(i) for i in shards)
             if skip >= total:  # a whole epoch already consumed before the restart: no need to read it
                 skip -= total
                 epoch += 1
                 continue
-            raw = (s for i in shards for s in read_shard(self.paths[i], self.counts[i], missing))
+            raw = (s for i in shards for s in self._read(i, missing))
             rng = random.Random(rank_seed(self.seed, reader, f"shuffle/{epoch}"))
             usable = 0  # samples decoded, or skipped as already seen before a restart
             for sample in shuffled(raw, self.shuffle_buffer, rng):

@@ -9,6 +9,9 @@ The labelled subset is small (a fraction or a few per class), so it lives in mem
 resampled from there: pass p over it follows a permutation seeded by (seed, rank, p), batches run
 across passes without end, and the position is just a batch count. That gives every step
 `labelled_batch_size` labelled rows however small the fraction, and an exact resume for free.
+
+The validation split (and the live-validation gallery) are picked in the same pass; the validation
+images are kept in memory (`Streams.validation`) and skipped by the unlabelled stream.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from tgan.config import DataConfig
 from tgan.data.augment import augment
 from tgan.data.codec import check_image, decode_image, decode_label, read_shard, to_float
 from tgan.data.index import DataError, DatasetIndex, check_shard_files, load_index
-from tgan.data.labelled import LabelledSelector, setting_counts
+from tgan.data.labelled import Selection, make_selection
 from tgan.data.reader import ShardStream
 from tgan.dist import rank_seed
 
@@ -88,10 +91,22 @@ class UnlabelledStream:
         self._it = None
 
 
+class Held:
+    """A fixed subset of the training split in memory: uint8 images [N, C, H, W], labels, keys."""
+
+    def __init__(self, chosen: list[tuple[str, int, tuple[int, bytes]]], index: DatasetIndex):
+        self.keys = [k for k, _, _ in chosen]
+        self.labels = torch.tensor([c for _, c, _ in chosen], dtype=torch.int64)
+        self.images = torch.stack([decode_image(png, size=index.image_size, channels=index.channels)
+                                   for _, _, (_, png) in chosen]) if chosen else torch.empty(0, dtype=torch.uint8)
+
+
 class Streams:
     def __init__(self, index: DatasetIndex, unlabelled: UnlabelledStream, labelled: LabelledStream | None,
-                 layout: dict):
+                 layout: dict, validation: Held | None = None, gallery: Held | None = None):
         self.index, self.unlabelled, self.labelled = index, unlabelled, labelled
+        self.validation, self.gallery = validation, gallery
+        """The held-out validation split and the live-validation gallery (None when not asked for)."""
         self._layout = layout
 
     @property
@@ -132,14 +147,14 @@ def _check_layout(cfg: DataConfig, index: DatasetIndex, world_size: int) -> None
                         "data.resampled=true to draw shards with replacement")
 
 
-def _scan_train(index: DatasetIndex, selector: LabelledSelector | None) -> None:
+def _scan_train(index: DatasetIndex, selector: Selection) -> None:
     """Check every training image header against the index and offer every sample to the selector."""
     def missing(path: Path, n: int, reason: str) -> None:
         # Only reachable with data.verify_checksums=false (otherwise the sha256 check failed first).
         log.warning("shard %s: %d sample(s) unreadable (%s); they are not candidates for the labelled subset",
                     path, n, reason)
 
-    for shard in index.split("train").shards:
+    for i, shard in enumerate(index.split("train").shards):
         path = index.shard_path(shard)
         for sample in read_shard(path, shard.count, missing):
             where = f"shard {path}, sample {sample['__key__']}"
@@ -149,39 +164,49 @@ def _scan_train(index: DatasetIndex, selector: LabelledSelector | None) -> None:
             cls = decode_label(sample)
             if index.num_classes and not 0 <= cls < index.num_classes:
                 raise DataError(f"{where}: class {cls} outside 0..{index.num_classes - 1}")
-            if selector is not None:
-                selector.offer(sample["__key__"], cls, sample["png"])
+            selector.offer(sample["__key__"], cls, (i, sample["png"]))
 
 
-def build_streams(cfg: DataConfig, *, rank: int, world_size: int, seed: int) -> Streams:
+def build_streams(cfg: DataConfig, *, rank: int, world_size: int, seed: int, gallery_size: int = 0) -> Streams:
+    """The training streams of this rank, plus the validation split and (gallery_size > 0) a gallery."""
     index = load_index(cfg.shards)
     _check_layout(cfg, index, world_size)
     check_shard_files(index, "train", verify_checksums=cfg.verify_checksums)
     want_labels = cfg.has_labels and cfg.labelled_batch_size > 0
-    selector = None
-    if want_labels:
-        counts = setting_counts(index, fraction=cfg.labelled_fraction, per_class=cfg.labels_per_class)
-        selector = LabelledSelector(counts, cfg.label_seed)
-    _scan_train(index, selector)
+    selection = make_selection(index, validation_size=cfg.validation_size, validation_seed=cfg.validation_seed,
+                               fraction=cfg.labelled_fraction if want_labels else None,
+                               per_class=cfg.labels_per_class if want_labels else None, label_seed=cfg.label_seed,
+                               gallery_size=gallery_size, gallery_seed=cfg.validation_seed)
+    _scan_train(index, selection)
 
     labelled = None
-    if selector is not None:
-        chosen = selector.selected()
-        images = torch.stack([decode_image(png, size=index.image_size, channels=index.channels)
-                              for _, _, png in chosen])
-        labels = torch.tensor([c for _, c, _ in chosen], dtype=torch.int64)
-        labelled = LabelledStream(images, labels, [k for k, _, _ in chosen], batch_size=cfg.labelled_batch_size,
+    if want_labels:
+        held = Held(selection.labelled(), index)
+        labelled = LabelledStream(held.images, held.labels, held.keys, batch_size=cfg.labelled_batch_size,
                                   seed=seed, rank=rank, augment=cfg.augment)
-        log.info("labelled subset: %d examples, per class %s", len(chosen), torch.bincount(labels).tolist())
+        log.info("labelled subset: %d examples, per class %s", len(held.keys), torch.bincount(held.labels).tolist())
+    validation = gallery = None
+    if cfg.validation_size:
+        validation = Held(selection.validation(), index)
+        log.info("validation split: %d examples held out, per class %s", len(validation.keys),
+                 torch.bincount(validation.labels).tolist())
+    if gallery_size and index.num_classes:
+        gallery = Held(selection.gallery(), index)
 
     shards = index.split("train").shards
+    exclude: dict[int, set[str]] = {}  # the unlabelled stream skips the held-out keys
+    for key, _, (i, _) in selection.validation():
+        exclude.setdefault(i, set()).add(key)
     make = partial(ShardStream, [index.shard_path(s) for s in shards], [s.count for s in shards],
+                   exclude={i: frozenset(keys) for i, keys in exclude.items()},
                    image_size=index.image_size, channels=index.channels, batch_size=cfg.batch_size, seed=seed,
                    rank=rank, world_size=world_size, num_workers=cfg.num_workers,
                    shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, resampled=cfg.resampled)
     layout = {"world_size": world_size, "num_workers": cfg.num_workers, "batch_size": cfg.batch_size,
               "labelled_batch_size": cfg.labelled_batch_size, "seed": seed, "shards": cfg.shards}
-    return Streams(index, UnlabelledStream(make, num_workers=cfg.num_workers), labelled, layout)
+    if cfg.validation_size:  # a different held-out set changes which samples the stream yields
+        layout.update(validation_size=cfg.validation_size, validation_seed=cfg.validation_seed)
+    return Streams(index, UnlabelledStream(make, num_workers=cfg.num_workers), labelled, layout, validation, gallery)
 
 
 def iter_split(shards_dir: str | Path, split: str, *, batch_size: int = 1000, limit: int = 0,

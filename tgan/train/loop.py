@@ -26,6 +26,7 @@ from tgan import dist
 from tgan.config import Config, ConfigError, dump_yaml
 from tgan.data.index import DataError
 from tgan.data.streams import build_streams
+from tgan.eval.validation import LiveValidation
 from tgan.losses.base import Batch
 from tgan.models.registry import get_family
 from tgan.train import checkpoint as ckpt
@@ -184,7 +185,8 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
         dump_yaml(cfg, out / "config.yaml")
     ensure_shards(cfg.data)
 
-    streams = build_streams(cfg.data, rank=rank, world_size=world, seed=cfg.train.seed)
+    streams = build_streams(cfg.data, rank=rank, world_size=world, seed=cfg.train.seed,
+                            gallery_size=cfg.eval.gallery_size if cfg.eval.every else 0)
     index = streams.index
     meta = {"channels": index.channels, "image_size": index.image_size, "num_classes": index.num_classes}
     family = get_family(cfg.model.family)
@@ -216,6 +218,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
             print(f"resumed from {resume} at step {start}", flush=True)
 
     run_phase = PhaseRunner(backend, family.groups, loss_fn, list(nets))
+    validation = LiveValidation(cfg, family, streams, device) if cfg.eval.every else None
     scalars: dict[str, float] = {}
     done = start
     deadline = time.monotonic() + cfg.train.time_limit_s if cfg.train.time_limit_s > 0 else None
@@ -226,11 +229,14 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
             done = step
             last = step == cfg.train.steps or _out_of_time(deadline, device)
             every = cfg.train.checkpoint_every
-            is_log = step % cfg.train.log_every == 0 or last or give_up
+            is_val = validation is not None and validation.due(step, last)
+            is_log = step % cfg.train.log_every == 0 or last or give_up or is_val
             is_ckpt = not give_up and (last or (every > 0 and step % every == 0))
             if not (is_log or is_ckpt):
                 continue
             scalars["data/corrupt_samples"] = _global_sum(streams.corrupt_samples, device)
+            if is_val:
+                scalars.update(validation({n: backend.raw(n) for n in nets}))
             saved_path = None
             if is_ckpt:
                 saved_path = last_ckpt = ckpt.save_checkpoint(

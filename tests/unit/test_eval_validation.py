@@ -1,0 +1,49 @@
+"""Live validation in the one-process loop: validation metrics every eval.every steps (and at the
+last step) in metrics.jsonl, equal to an offline computation on the same split, and training itself
+untouched by them."""
+import json
+from pathlib import Path
+
+import pytest
+
+from tgan.config import load_config
+from tgan.data.streams import build_streams
+from tgan.eval.metrics import retrieval_metrics
+from tgan.eval.validation import validation_keys
+from tgan.models.registry import get_family
+from tgan.train.checkpoint import load_networks
+from tgan.train.loop import train
+
+DEBUG = Path(__file__).resolve().parents[2] / "launch" / "recipes" / "debug.yaml"
+
+
+def _run(shards, out, *overrides):
+    cfg = load_config(DEBUG, [f"data.shards={shards}", f"train.out_dir={out}", "train.steps=3",
+                              "train.checkpoint_every=0", "train.log_every=1", "data.validation_size=100",
+                              "eval.gallery_size=300", *overrides])
+    train(cfg)
+    return cfg, [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_validation_metrics_come_every_eval_every_steps_and_leave_training_as_it_was(debug_shards, tmp_path):
+    cfg, rows = _run(debug_shards, tmp_path / "val", "eval.every=2", "eval.live_probe=true")
+    assert validation_keys(cfg) == ["val/map", "val/knn1", "val/knn5", "val/probe", "perf/validation_s"]
+    with_val = [r["step"] for r in rows if "val/map" in r]
+    assert with_val == [2, 3]  # every 2 steps, and the last one
+    for r in rows:
+        if "val/map" in r:
+            assert all(0.0 <= r[k] <= 1.0 for k in ("val/map", "val/knn1", "val/knn5", "val/probe"))
+
+    # The last step's values are the retrieval metrics of the saved networks on the same split.
+    _, nets = load_networks(tmp_path / "val" / "checkpoints" / "step_00000003")
+    streams = build_streams(cfg.data, rank=0, world_size=1, seed=0, gallery_size=cfg.eval.gallery_size)
+    to_x = (lambda held: held.images.float() / 127.5 - 1.0)
+    family = get_family(cfg.model.family)
+    r = retrieval_metrics(family.features(nets, to_x(streams.gallery))["E"], streams.gallery.labels,
+                          family.features(nets, to_x(streams.validation))["E"], streams.validation.labels, max_k=5)
+    assert rows[-1]["val/map"] == pytest.approx(r.mean_average_precision, abs=1e-5)
+    assert rows[-1]["val/knn5"] == pytest.approx(r.knn_accuracy[4], abs=1e-9)
+
+    _, plain = _run(debug_shards, tmp_path / "plain", "eval.every=0")
+    losses = (lambda rs: [{k: v for k, v in r.items() if k.startswith("loss/")} for r in rs])
+    assert losses(plain) == losses(rows)
