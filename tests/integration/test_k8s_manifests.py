@@ -41,3 +41,54 @@ def test_rayjob_runs_the_launcher_with_shared_storage_and_cloud_yaml_exports_met
     cloud = yaml.safe_load(CLOUD.read_text())
     starts = " ".join(cloud["head_start_ray_commands"] + cloud["worker_start_ray_commands"])
     assert starts.count("--metrics-export-port=8080") == 2
+
+
+def _pod_templates(doc):
+    """Every pod template of a RayCluster or RayJob: head, worker groups, and a RayJob's submitter."""
+    spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+    pods = [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"])]
+    return pods + ([doc["spec"]["submitterPodTemplate"]] if "submitterPodTemplate" in doc["spec"] else [])
+
+
+def test_every_pod_runs_as_the_images_non_root_user_with_no_capabilities_and_the_ray_token():
+    dockerfile = (K8S / "Dockerfile").read_text()
+    assert "USER 1000:100" in dockerfile  # the uid:gid the pods name, checked to be `ray` at build time
+    for name in ("raycluster.yaml", "rayjob.yaml"):
+        pods = _pod_templates(yaml.safe_load((K8S / name).read_text()))
+        assert len(pods) == (3 if name == "rayjob.yaml" else 2), name
+        for pod in pods:
+            sc = pod["spec"]["securityContext"]
+            assert sc["runAsNonRoot"] is True and (sc["runAsUser"], sc["runAsGroup"]) == (1000, 100), name
+            for container in pod["spec"]["containers"]:
+                csc = container["securityContext"]
+                assert csc["allowPrivilegeEscalation"] is False and csc["capabilities"]["drop"] == ["ALL"], name
+                env = {e["name"]: e for e in container["env"]}
+                assert env["RAY_AUTH_MODE"]["value"] == "token", name
+                ref = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+                assert ref == {"name": "tgan-ray-token", "key": "auth_token"}, name
+    assert "kubectl create secret generic tgan-ray-token --from-literal=auth_token=" in \
+        (K8S / "raycluster.yaml").read_text()  # says how to make that Secret
+
+
+def test_networkpolicy_admits_only_this_namespace_to_the_ray_pods():
+    policy = yaml.safe_load((K8S / "networkpolicy.yaml").read_text())
+    head = yaml.safe_load((K8S / "raycluster.yaml").read_text())
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
+    # KubeRay labels every Ray pod ray.io/is-ray-node=yes, the head included (the PodMonitor selects on it too).
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"ray.io/is-ray-node": "yes"}}
+    head_spec = head["spec"]["headGroupSpec"]["template"]["spec"]
+    assert {6379, 8265} <= {p["containerPort"] for p in head_spec["containers"][0]["ports"]}
+    open_rules = [r for r in policy["spec"]["ingress"] if "ports" not in r]
+    assert open_rules == [{"from": [{"podSelector": {}}]}]  # all ports, but only from this namespace's pods
+    for rule in policy["spec"]["ingress"]:
+        if "ports" in rule:  # another namespace: named, to one port only (metrics or the operator's status polls)
+            assert all(set(peer) == {"namespaceSelector"} for peer in rule["from"])
+            assert [p["port"] for p in rule["ports"]] in ([8080], [8265])
+
+
+def test_cloud_yaml_turns_token_authentication_on_with_the_token_file():
+    cloud = yaml.safe_load(CLOUD.read_text())
+    options = " ".join(cloud["docker"]["run_options"])
+    assert "-e RAY_AUTH_MODE=token" in options
+    path = options.split("RAY_AUTH_TOKEN_PATH=")[1].split()[0]
+    assert cloud["file_mounts"][path] == "~/.ray/auth_token"
