@@ -1,4 +1,4 @@
-"""The DeepSpeed backend: one engine per optimizer group of the family (D; G with E), ZeRO stage
+"""The DeepSpeed backend: one engine per optimizer group of the family, ZeRO stage
 0/1/2 and fp32/bf16/fp16 from `cluster.deepspeed`, on the process group that already exists (Ray
 Train's, or a one-rank gloo group made here for a single process).
 
@@ -23,7 +23,7 @@ from torch import nn
 
 from cluster.ray_env import free_port
 from tgan.config import ConfigError, OptimConfig
-from tgan.train.backend import Backend, StepResult, group_lr
+from tgan.train.backend import Backend, guarded_step
 
 TAG = "ds"
 
@@ -96,15 +96,15 @@ class DeepSpeedBackend(Backend):
     def setup(self, nets, groups, optim_cfg: OptimConfig, device):
         check_config(self._user, on_gpu=device.type == "cuda")
         _ensure_process_group(device)
-        self._raw, self._groups = dict(nets), dict(groups)
+        self._raw, self._groups = dict(nets), {g.name: g.networks for g in groups}
         config = engine_config(self._user, batch_size=self._batch_size, grad_clip=optim_cfg.grad_clip)
-        for group, names in self._groups.items():
-            container = nn.ModuleDict({n: self._raw[n] for n in names})
-            optimizer = torch.optim.Adam(container.parameters(), lr=group_lr(group, optim_cfg),
+        for group in groups:
+            container = nn.ModuleDict({n: self._raw[n] for n in group.networks})
+            optimizer = torch.optim.Adam(container.parameters(), lr=group.lr(optim_cfg),
                                          betas=(optim_cfg.beta1, optim_cfg.beta2))
             engine, *_ = deepspeed.initialize(model=container, optimizer=optimizer, config=copy.deepcopy(config),
                                               dist_init_required=False)
-            self._engines[group] = engine
+            self._engines[group.name] = engine
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}
         for key, dtype in half.items():
             if config.get(key, {}).get("enabled", False):
@@ -121,25 +121,16 @@ class DeepSpeedBackend(Backend):
 
     def step(self, group, loss):
         engine = self._engines[group]
-        names = self._groups[group]
-        engine.backward(loss)
-        # Full (reduced across ranks) gradient of every parameter, before clipping: the same value
-        # on every rank, whatever the ZeRO stage partitioned.
-        norms = []
-        for n in names:
-            parts = [g.float().norm(2) for p in self._raw[n].parameters() if (g := safe_get_full_grad(p)) is not None]
-            norms.append(torch.linalg.vector_norm(torch.stack(parts)) if parts else torch.zeros((), device=loss.device))
-        norms_t = torch.stack([v.to(loss.device) for v in norms])
-        ok = (torch.isfinite(loss.detach()) & torch.isfinite(norms_t).all()).to(torch.int32)
-        if torch_dist.is_initialized() and torch_dist.get_world_size() > 1:
-            torch_dist.all_reduce(ok, op=torch_dist.ReduceOp.MIN)
-        values = torch.cat([norms_t.detach().float(), ok.reshape(1).float()]).tolist()
-        finite = bool(values[-1])
-        if finite:
-            engine.step()
-        else:
-            self._drop_gradients(engine)
-        return StepResult(grad_norms=dict(zip(names, values[:-1])), finite=finite)
+
+        def norm(name: str) -> torch.Tensor:
+            # Full (reduced across ranks) gradient of every parameter, before clipping: the same value
+            # on every rank, whatever the ZeRO stage partitioned.
+            parts = [g.float().norm(2) for p in self._raw[name].parameters() if (g := safe_get_full_grad(p)) is not None]
+            return torch.linalg.vector_norm(torch.stack(parts)) if parts else torch.zeros((), device=loss.device)
+
+        # DeepSpeed clips (gradient_clipping) inside engine.step, so `apply` ignores the total norm.
+        return guarded_step(loss, self._groups[group], backward=engine.backward, norm=norm,
+                            apply=lambda _total: engine.step(), skip=lambda: self._drop_gradients(engine))
 
     @staticmethod
     def _drop_gradients(engine) -> None:

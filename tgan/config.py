@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-FAMILIES = ("bigan", "tribigan", "mbgan", "dcgan")
+from tgan.families import FAMILIES, get_family
 
 
 class ConfigError(ValueError):
@@ -93,7 +93,7 @@ class ModelConfig:
     """Which GAN family and how wide its networks are."""
 
     family: str = "bigan"
-    """bigan, tribigan, mbgan or dcgan."""
+    """One of tgan.families.FAMILIES (a module of tgan/families/ each): bigan, dcgan, mbgan, tribigan, triplet."""
     latent_dim: int = 100
     """Size of z (100 in both papers)."""
     embedding_dim: int = 500
@@ -101,15 +101,13 @@ class ModelConfig:
     width: float = 1.0
     """Channel multiplier of the DCGAN tables (1.0 = the paper's 64..512 channels; 0.25 for CPU runs)."""
     conditional: bool = False
-    """MBGAN only: feed a one-hot class to G and D (paper section 3.3)."""
+    """Feed a one-hot class to G and D (MBGAN paper section 3.3); families without a conditional form refuse it."""
 
     def __post_init__(self) -> None:
         _check(self.family in FAMILIES, "model.family", self.family, f"one of {', '.join(FAMILIES)}")
         _check(self.latent_dim >= 1, "model.latent_dim", self.latent_dim, "an integer >= 1")
         _check(self.embedding_dim >= 1, "model.embedding_dim", self.embedding_dim, "K >= 1")
         _check(self.width > 0, "model.width", self.width, "a number > 0")
-        _check(not self.conditional or self.family == "mbgan", "model.conditional", self.conditional,
-               "false unless model.family is mbgan")
 
 
 @dataclass(kw_only=True)
@@ -286,11 +284,7 @@ class Config:
     def __post_init__(self) -> None:
         _check(self.eval.every == 0 or self.data.validation_size > 0, "eval.every", self.eval.every,
                "0 unless data.validation_size > 0 (live validation needs a validation split)")
-        if self.model.family == "tribigan":
-            _check(self.data.has_labels, "data.labelled_fraction", None,
-                   "a labelled_fraction or labels_per_class for model.family=tribigan")
-            _check(self.data.labelled_batch_size >= 2, "data.labelled_batch_size", self.data.labelled_batch_size,
-                   ">= 2 for model.family=tribigan (triplets need labelled pairs)")
+        get_family(self.model.family).check(self)  # what only the family knows (labels, conditional, ...)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

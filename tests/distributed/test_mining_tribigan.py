@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tgan.config import LossConfig, ModelConfig
 from tgan.losses.base import Batch
 from tgan.losses.triplet import triplet_loss
-from tgan.models.registry import get_family
+from tgan.families import get_family
 from spawned import leave
 
 
@@ -35,7 +35,7 @@ def _worker(rank, init_file):
         nets["D"].requires_grad_(False)
         wrapped = {"G": DDP(nets["G"]), "E": DDP(nets["E"]), "D": nets["D"]}
         torch.manual_seed(10 + rank)
-        value, scalars = loss.phase_loss("G", wrapped, batch)
+        value, scalars = loss.g_loss(wrapped, batch)
         value.backward()
 
         with torch.no_grad():  # rank 0 holds every labelled row: mining them alone is the global answer

@@ -96,11 +96,13 @@ def _backend_worker(rank, init_file, tmp):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         from tgan.config import OptimConfig
+        from tgan.families.base import Group, Role
         from tgan.train.backend import TorchBackend
 
         torch.manual_seed(0)
         backend = TorchBackend()
-        backend.setup({"D": torch.nn.Linear(3, 1)}, {"D": ("D",)}, OptimConfig(), torch.device("cpu"))
+        backend.setup({"D": torch.nn.Linear(3, 1)}, (Group("D", ("D",), None, Role.DISCRIMINATOR),), OptimConfig(),
+                      torch.device("cpu"))
         before = backend.raw("D").weight.detach().clone()
         x = torch.full((2, 3), float(rank + 1))
         # An infinite constant on rank 0 only: its gradients stay finite, so DDP alone would let

@@ -20,7 +20,7 @@ import torch.multiprocessing as mp  # noqa: E402
 from cluster.deepspeed_backend import DeepSpeedBackend, check_config, engine_config  # noqa: E402
 from tgan.config import ConfigError, LossConfig, ModelConfig, OptimConfig  # noqa: E402
 from tgan.losses.base import Batch  # noqa: E402
-from tgan.models.registry import get_family  # noqa: E402
+from tgan.families import get_family  # noqa: E402
 from tgan.train.backend import TorchBackend  # noqa: E402
 from tgan.train.loop import PhaseRunner  # noqa: E402
 
@@ -40,7 +40,7 @@ def _run(backend, rank, out_dir=None, steps=STEPS):
     family = get_family("tribigan")
     torch.manual_seed(0)
     nets = family.build_networks(MODEL, channels=1, image_size=SIDE, num_classes=3)
-    backend.setup(nets, family.groups, OPTIM, torch.device("cpu"))
+    backend.setup(nets, family.groups_in_order, OPTIM, torch.device("cpu"))
     run = PhaseRunner(backend, family.groups, family.make_loss(LossConfig(), MODEL, 3), list(nets))
     torch.manual_seed(1 + rank)
     losses = []
@@ -93,9 +93,9 @@ def _checkpoint_and_nonfinite(rank, tmp):
     batch = _batches(rank)[2]
 
     def one_step(backend):
-        run = PhaseRunner(backend, family.groups, family.make_loss(LossConfig(), MODEL, 3), ["G", "E", "D"])
+        run = PhaseRunner(backend, family.make_loss(LossConfig(), MODEL, 3), ["G", "E", "D"])
         torch.manual_seed(50 + rank)
-        return [run(g, batch)[0] for g in family.groups]
+        return [run(g, batch)[0] for g in family.groups_in_order]
 
     expected = one_step(ds)
     torch.manual_seed(0)
@@ -103,7 +103,7 @@ def _checkpoint_and_nonfinite(rank, tmp):
     for n, net in nets.items():
         net.load_state_dict(states[n])
     fresh = DeepSpeedBackend({"zero_optimization": {"stage": 2}}, batch_size=B)
-    fresh.setup(nets, family.groups, OPTIM, torch.device("cpu"))
+    fresh.setup(nets, family.groups_in_order, OPTIM, torch.device("cpu"))
     fresh.load(ckpt)
     assert one_step(fresh) == expected
 

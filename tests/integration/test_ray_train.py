@@ -130,7 +130,7 @@ def one_process_step1_triplet_loss(cfg, batches) -> float:
     rows go through E separately, as under DDP (BatchNorm uses per-rank batch statistics)."""
     from tgan.dist import rank_seed
     from tgan.losses.triplet import triplet_loss
-    from tgan.models.registry import get_family
+    from tgan.families import get_family
 
     torch.manual_seed(rank_seed(cfg.train.seed, 0, "init"))  # the loop's initialisation
     side = cfg.data.image_size

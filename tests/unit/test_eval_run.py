@@ -9,8 +9,9 @@ from PIL import Image
 from tgan.config import load_config
 from tgan.eval.metrics import retrieval_metrics
 from tgan.eval.pictures import grad_norm_plot
-from tgan.eval.run import EvalData, evaluate, load_eval_data, random_init_networks
-from tgan.models.registry import get_family
+from tgan.eval.run import EvalData, evaluate, load_eval_data
+from tgan.families.base import build_networks as random_init_networks
+from tgan.families import get_family
 from tgan.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,11 +128,11 @@ def test_data_without_classes_gives_pictures_only(shards, tmp_path):
 
 def test_grad_norm_plot_needs_the_file_and_the_key(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
-    assert grad_norm_plot(metrics, tmp_path / "a.png") is None
+    assert grad_norm_plot(metrics, tmp_path / "a.png", key="grad_norm/G") is None
     metrics.write_text(json.dumps({"step": 1, "loss/d": 1.0}) + "\n")
-    assert grad_norm_plot(metrics, tmp_path / "a.png") is None
+    assert grad_norm_plot(metrics, tmp_path / "a.png", key="grad_norm/G") is None
     metrics.write_text("".join(json.dumps({"step": s, "grad_norm/G": 1.0 / s}) + "\n" for s in (3, 1, 2)))
-    assert grad_norm_plot(metrics, tmp_path / "a.png") == tmp_path / "a.png"
+    assert grad_norm_plot(metrics, tmp_path / "a.png", key="grad_norm/G") == tmp_path / "a.png"
     assert Image.open(tmp_path / "a.png").size == (600, 350)
 
 

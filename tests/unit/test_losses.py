@@ -140,7 +140,7 @@ def bigan_nets():
 def test_bigan_d_loss_is_minus_v():
     nets, x = bigan_nets(), images(3)
     torch.manual_seed(7)
-    loss, s = BiGANLoss(latent_dim=LATENT).phase_loss("D", nets, Batch(x, torch.zeros(3, dtype=torch.long)))
+    loss, s = BiGANLoss(latent_dim=LATENT).d_loss(nets, Batch(x, torch.zeros(3, dtype=torch.long)))
     real, fake = bigan_hand(nets, x, replay(7, 3, "normal"))
     v = sum(map(log_sigmoid, real)) / 3 + sum(map(log_one_minus_sigmoid, fake)) / 3
     assert loss.item() == pytest.approx(-v, abs=1e-5)
@@ -154,8 +154,8 @@ def test_bigan_d_loss_is_minus_v():
 def test_bigan_ge_loss(nonsaturating):
     nets, x = bigan_nets(), images(4)
     torch.manual_seed(3)
-    loss, _ = BiGANLoss(latent_dim=LATENT, nonsaturating=nonsaturating).phase_loss(
-        "G", nets, Batch(x, torch.zeros(4, dtype=torch.long)))
+    loss, _ = BiGANLoss(latent_dim=LATENT, nonsaturating=nonsaturating).g_loss(
+        nets, Batch(x, torch.zeros(4, dtype=torch.long)))
     real, fake = bigan_hand(nets, x, replay(3, 4, "normal"))
     if nonsaturating:  # -log(1 - D(x, E(x))) - log D(G(z), z)
         want = -sum(map(log_one_minus_sigmoid, real)) / 4 - sum(map(log_sigmoid, fake)) / 4
@@ -181,10 +181,10 @@ def test_tribigan_adds_weighted_triplet_on_e_of_xl():
     xl, yl = images(5, seed=2), torch.tensor([0, 0, 1, 1, -1])
     batch = Batch(x, torch.zeros(4, dtype=torch.long), xl, yl)
     torch.manual_seed(5)
-    base, _ = BiGANLoss(latent_dim=LATENT).phase_loss("G", nets, batch)
+    base, _ = BiGANLoss(latent_dim=LATENT).g_loss(nets, batch)
     torch.manual_seed(5)
     tri = TriBiGANLoss(latent_dim=LATENT, weight=0.3, form="hinge", miner="all", margin=2.0)
-    loss, s = tri.phase_loss("G", nets, batch)
+    loss, s = tri.g_loss(nets, batch)
     # by hand: hinge over all valid triplets of E(xl), the -1 row left out
     emb = [matvec(L(nets["E"].a), row) for row in L(xl.flatten(1))]
     terms = [max(0.0, 2.0 + euclid(emb[a], emb[p]) - euclid(emb[a], emb[n]))
@@ -195,15 +195,15 @@ def test_tribigan_adds_weighted_triplet_on_e_of_xl():
     assert loss.item() == pytest.approx(base.item() + 0.3 * sum(terms) / len(terms), abs=1e-5)
     # the D phase is plain BiGAN
     torch.manual_seed(9)
-    d_tri, _ = tri.phase_loss("D", nets, batch)
+    d_tri, _ = tri.d_loss(nets, batch)
     torch.manual_seed(9)
-    d_base, _ = BiGANLoss(latent_dim=LATENT).phase_loss("D", nets, batch)
+    d_base, _ = BiGANLoss(latent_dim=LATENT).d_loss(nets, batch)
     assert d_tri.item() == d_base.item()
 
 
 def test_tribigan_without_labelled_rows():
     nets, x = bigan_nets(), images(4)
-    loss, s = TriBiGANLoss(latent_dim=LATENT).phase_loss("G", nets, Batch(x, torch.zeros(4, dtype=torch.long)))
+    loss, s = TriBiGANLoss(latent_dim=LATENT).g_loss(nets, Batch(x, torch.zeros(4, dtype=torch.long)))
     assert s["triplets"] == 0 and s["loss/triplet"] == 0.0 and torch.isfinite(loss)
 
 
@@ -220,14 +220,14 @@ def test_dcgan_losses():
     logit = lambda v: dot(w, v) + c  # noqa: E731
     y = torch.zeros(3, dtype=torch.long)
     torch.manual_seed(4)
-    d_loss, s = DCGANLoss(latent_dim=LATENT).phase_loss("D", nets, Batch(x, y))
+    d_loss, s = DCGANLoss(latent_dim=LATENT).d_loss(nets, Batch(x, y))
     fake = [logit(g) for g in g_hand(nets["G"], replay(4, 3, "uniform"))]
     real = [logit(v) for v in L(x.flatten(1))]
     want = -sum(map(log_sigmoid, real)) / 3 - sum(map(log_one_minus_sigmoid, fake)) / 3
     assert d_loss.item() == pytest.approx(want, abs=1e-5) and s["loss/d"] == pytest.approx(want, abs=1e-5)
     for nonsat in (True, False):
         torch.manual_seed(6)
-        g_loss, _ = DCGANLoss(latent_dim=LATENT, nonsaturating=nonsat).phase_loss("G", nets, Batch(x, y))
+        g_loss, _ = DCGANLoss(latent_dim=LATENT, nonsaturating=nonsat).g_loss(nets, Batch(x, y))
         fake = [logit(g) for g in g_hand(nets["G"], replay(6, 3, "uniform"))]
         want = -sum(map(log_sigmoid, fake)) / 3 if nonsat else sum(map(log_one_minus_sigmoid, fake)) / 3
         assert g_loss.item() == pytest.approx(want, abs=1e-5)
@@ -257,8 +257,8 @@ def test_mbgan_d_loss(alpha, reduction):
     torch.manual_seed(0)
     nets, x = {"G": LinG(), "D": LinMetricD()}, images(5)  # odd batch: last row left out
     torch.manual_seed(2)
-    loss, s = MBGANLoss(latent_dim=LATENT, alpha=alpha, l1_reduction=reduction).phase_loss(
-        "D", nets, Batch(x, torch.zeros(5, dtype=torch.long)))
+    loss, s = MBGANLoss(latent_dim=LATENT, alpha=alpha, l1_reduction=reduction).d_loss(
+        nets, Batch(x, torch.zeros(5, dtype=torch.long)))
     want, margin = mbgan_hand_d(nets["D"], x, g_hand(nets["G"], replay(2, 2, "uniform")), alpha, reduction)
     assert loss.item() == pytest.approx(want, abs=1e-5)
     assert s["loss/margin"] == pytest.approx(margin, abs=1e-5)
@@ -269,7 +269,7 @@ def test_mbgan_d_loss(alpha, reduction):
 def test_mbgan_large_margin_makes_every_hinge_active():
     torch.manual_seed(0)
     nets, x = {"G": LinG(), "D": LinMetricD()}, images(4)
-    loss, s = MBGANLoss(latent_dim=LATENT, alpha=200.0).phase_loss("D", nets, Batch(x, torch.zeros(4, dtype=torch.long)))
+    loss, s = MBGANLoss(latent_dim=LATENT, alpha=200.0).d_loss(nets, Batch(x, torch.zeros(4, dtype=torch.long)))
     assert loss.item() == pytest.approx(s["loss/margin"] + s["d/real"] - s["d/fake"], abs=1e-4)
 
 
@@ -277,7 +277,7 @@ def test_mbgan_g_loss():
     torch.manual_seed(0)
     nets, x = {"G": LinG(), "D": LinMetricD()}, images(4)
     torch.manual_seed(8)
-    loss, s = MBGANLoss(latent_dim=LATENT, alpha=20.0).phase_loss("G", nets, Batch(x, torch.zeros(4, dtype=torch.long)))
+    loss, s = MBGANLoss(latent_dim=LATENT, alpha=20.0).g_loss(nets, Batch(x, torch.zeros(4, dtype=torch.long)))
     g_imgs = g_hand(nets["G"], replay(8, 2, "uniform"))
     xs, mm = L(x.flatten(1)), L(nets["D"].m)
     want = sum(euclid(matvec(mm, xs[2 + k]), matvec(mm, g_imgs[k])) for k in range(2)) / 2  # eq. 2
@@ -291,7 +291,7 @@ def test_conditional_mbgan_conditions_on_each_rows_class():
     nets = {"G": LinG(classes=CLASSES), "D": LinMetricD(classes=CLASSES)}
     x, y = images(4), torch.tensor([2, 0, 1, 2])
     torch.manual_seed(3)
-    loss, _ = MBGANLoss(latent_dim=LATENT, alpha=1.0, conditional=True).phase_loss("D", nets, Batch(x, y))
+    loss, _ = MBGANLoss(latent_dim=LATENT, alpha=1.0, conditional=True).d_loss(nets, Batch(x, y))
     fakes = g_hand(nets["G"], replay(3, 2, "uniform"), y=[1, 2])  # G(z | y_j)
     want, _ = mbgan_hand_d(nets["D"], x, fakes, 1.0, "mean", y=y)
     assert loss.item() == pytest.approx(want, abs=1e-5)
@@ -300,7 +300,7 @@ def test_conditional_mbgan_conditions_on_each_rows_class():
 def test_mbgan_gradient_finite_at_zero_distance():
     torch.manual_seed(0)
     nets, x = {"G": LinG(), "D": LinMetricD()}, images(1).repeat(4, 1, 1, 1)  # x_i == x_j
-    loss, s = MBGANLoss(latent_dim=LATENT, alpha=1.0).phase_loss("D", nets, Batch(x, torch.zeros(4, dtype=torch.long)))
+    loss, s = MBGANLoss(latent_dim=LATENT, alpha=1.0).d_loss(nets, Batch(x, torch.zeros(4, dtype=torch.long)))
     loss.backward()
     assert s["d/real"] == 0.0 and torch.isfinite(nets["D"].m.grad).all()
 
@@ -308,12 +308,10 @@ def test_mbgan_gradient_finite_at_zero_distance():
 def test_mbgan_needs_two_rows():
     torch.manual_seed(0)
     with pytest.raises(ValueError, match="data.batch_size"):
-        MBGANLoss(latent_dim=LATENT, alpha=1.0).phase_loss(
-            "D", {"G": LinG(), "D": LinMetricD()}, Batch(images(1), torch.zeros(1, dtype=torch.long)))
+        MBGANLoss(latent_dim=LATENT, alpha=1.0).d_loss(
+            {"G": LinG(), "D": LinMetricD()}, Batch(images(1), torch.zeros(1, dtype=torch.long)))
 
 
-def test_unknown_phase_and_reduction_are_rejected():
+def test_unknown_reduction_is_rejected():
     with pytest.raises(ValueError, match="loss.l1_reduction='max'"):
         MBGANLoss(latent_dim=LATENT, alpha=1.0, l1_reduction="max")
-    with pytest.raises(ValueError, match="phase 'E'"):
-        DCGANLoss(latent_dim=LATENT).phase_loss("E", {}, Batch(images(2), torch.zeros(2, dtype=torch.long)))

@@ -4,7 +4,7 @@ import torch
 
 from tgan.config import LossConfig, ModelConfig
 from tgan.losses.base import Batch
-from tgan.models.registry import FAMILIES, get_family
+from tgan.families import FAMILIES, get_family
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -19,8 +19,8 @@ def test_family_runs_on_cuda(name):
     x = torch.rand(16, 3, 32, 32, device="cuda") * 2 - 1
     y = torch.randint(0, 10, (16,), device="cuda")
     batch = Batch(x, y, x[:8], y[:8])
-    for phase in fam.groups:
-        value, scalars = loss.phase_loss(phase, nets, batch)
+    for group in fam.groups_in_order:
+        value, scalars = group.phase(loss, nets, batch)
         value.backward()
         assert value.is_cuda and torch.isfinite(value)
         assert all(isinstance(v, float) for v in scalars.values())

@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from tgan.config import OptimConfig
-from tgan.train.backend import TorchBackend, group_lr
+from tgan.families.base import Group, Role
+from tgan.train.backend import TorchBackend
 
-GROUPS = {"D": ("D",), "G": ("G", "E")}
+GROUPS = (Group("D", ("D",), None, Role.DISCRIMINATOR), Group("G", ("G", "E"), None, Role.GENERATOR))
 
 
 def make_nets(seed=0):
@@ -29,8 +30,8 @@ def g_loss(backend, scale=1.0):
 
 
 def test_group_learning_rates_default_to_lr_and_can_be_overridden():
-    assert group_lr("D", OptimConfig(lr=1e-3)) == 1e-3
-    assert group_lr("G", OptimConfig(lr=1e-3, lr_d=5e-4)) == 1e-3
+    assert GROUPS[0].lr(OptimConfig(lr=1e-3)) == 1e-3
+    assert GROUPS[1].lr(OptimConfig(lr=1e-3, lr_d=5e-4)) == 1e-3
     cfg = OptimConfig(lr_d=1e-4, lr_g=3e-4, beta1=0.5)
     backend = setup(cfg)
     assert backend._optimizers["D"].param_groups[0]["lr"] == 1e-4

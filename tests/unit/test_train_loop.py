@@ -11,9 +11,11 @@ import yaml
 
 from tgan.config import ConfigError, OptimConfig, load_config
 from tgan.losses.base import Batch, GANLoss
-from tgan.models.registry import get_family
+from tgan.families import get_family
+from tgan.families.base import Group, Role
 from tgan.train.backend import TorchBackend
-from tgan.train.loop import NonFiniteError, PhaseRunner, resolve_device, train
+from tgan.dist import resolve_device
+from tgan.train.loop import NonFiniteError, PhaseRunner, train
 from tgan.train.shards import ensure_shards
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,19 +101,17 @@ def test_g_steps_per_d_step_runs_more_generator_optimizer_steps(shards, tmp_path
 class RecordingLoss(GANLoss):
     """A real (tiny) two-phase objective that also records how each network reached it."""
 
-    phases = ("D", "G")
-
     def __init__(self):
         self.seen = []
 
     def _record(self, nets):
         self.seen.append({n: (type(m).__name__, all(p.requires_grad for p in m.parameters())) for n, m in nets.items()})
 
-    def _d_loss(self, nets, batch):
+    def d_loss(self, nets, batch):
         self._record(nets)
         return nets["D"](batch.x).mean() + nets["G"](batch.x).mean(), {"loss/d": 0.0}
 
-    def _g_loss(self, nets, batch):
+    def g_loss(self, nets, batch):
         self._record(nets)
         return nets["D"](nets["G"](batch.x)).mean(), {"loss/g": 0.0}
 
@@ -119,15 +119,16 @@ class RecordingLoss(GANLoss):
 def test_phase_passes_trained_networks_and_frozen_raw_others_then_restores_them():
     nets = {"G": torch.nn.Linear(2, 2), "D": torch.nn.Linear(2, 1)}
     backend = TorchBackend()
-    backend.setup(nets, {"D": ("D",), "G": ("G",)}, OptimConfig(), torch.device("cpu"))
+    d, g = Group("D", ("D",), RecordingLoss.d_loss, Role.DISCRIMINATOR), Group("G", ("G",), RecordingLoss.g_loss, Role.GENERATOR)
+    backend.setup(nets, (d, g), OptimConfig(), torch.device("cpu"))
     loss = RecordingLoss()
-    run = PhaseRunner(backend, {"D": ("D",), "G": ("G",)}, loss, ["G", "D"])
+    run = PhaseRunner(backend, loss, ["G", "D"])
     d_before = nets["D"].weight.detach().clone()
-    run("G", Batch(torch.ones(3, 2), torch.zeros(3, dtype=torch.int64)))
+    run(g, Batch(torch.ones(3, 2), torch.zeros(3, dtype=torch.int64)))
     assert loss.seen[-1] == {"G": ("Linear", True), "D": ("Linear", False)}
     assert torch.equal(nets["D"].weight, d_before)  # frozen: no gradient reached D, no step
     assert all(p.requires_grad for net in nets.values() for p in net.parameters())
-    _, result = run("D", Batch(torch.ones(3, 2), torch.zeros(3, dtype=torch.int64)))
+    _, result = run(d, Batch(torch.ones(3, 2), torch.zeros(3, dtype=torch.int64)))
     assert loss.seen[-1] == {"G": ("Linear", False), "D": ("Linear", True)} and list(result.grad_norms) == ["D"]
 
 

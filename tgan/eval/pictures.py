@@ -66,7 +66,7 @@ def reconstructions(G: nn.Module, E: nn.Module, x: torch.Tensor, path: Path, *, 
     return _save(torch.stack([x, rec], dim=1).flatten(0, 1), path, 2 * pairs_per_row)
 
 
-def grad_norm_plot(metrics_path: Path, path: Path, key: str = "grad_norm/G") -> Path | None:
+def grad_norm_plot(metrics_path: Path, path: Path, key: str) -> Path | None:
     """Plot `key` over steps from a run's metrics.jsonl; None when the file or the key is absent."""
     if not metrics_path.is_file():
         return None
@@ -87,7 +87,7 @@ def grad_norm_plot(metrics_path: Path, path: Path, key: str = "grad_norm/G") -> 
     ax.plot(steps, values, linewidth=1)
     ax.set_xlabel("step")
     ax.set_ylabel(f"{key} (L2, before clipping)")
-    ax.set_title("generator gradient norm")
+    ax.set_title(f"{key} over training")
     ax.set_ylim(bottom=0)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -16,13 +16,13 @@ from tgan.config import Config
 from tgan.data.index import load_index
 from tgan.data.streams import load_split
 from tgan.eval.metrics import retrieval_metrics
-from tgan.eval.pictures import grad_norm_plot, interpolation, reconstructions, sample_grid
 from tgan.eval.probe import linear_probe
-from tgan.models.registry import Family, get_family
+from tgan.families import get_family
+from tgan.families.base import Family, PictureInputs, build_networks
 
 TABLE_K = 9
 """The table shows 1-NN and 9-NN (the authors' choices); eval.json has every k up to eval.max_k."""
-NUM_SAMPLES, NUM_PAIRS, INTERPOLATION_STEPS, NUM_RECONSTRUCTIONS = 64, 8, 10, 32
+NUM_SAMPLES, NUM_PAIRS, NUM_RECONSTRUCTIONS = 64, 8, 32
 
 
 @dataclass
@@ -47,21 +47,12 @@ def load_eval_data(cfg: Config) -> EvalData:
 
 
 def _device(nets: dict[str, nn.Module]) -> torch.device:
-    return next(nets["G"].parameters()).device
+    return next(next(iter(nets.values())).parameters()).device
 
 
 def _fork_rng(device: torch.device):
     """Seeded draws for the evaluation that leave the caller's RNG streams as they were."""
     return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-
-
-def random_init_networks(cfg: Config, *, channels: int, image_size: int, num_classes: int) -> dict[str, nn.Module]:
-    """The weights the run started from: the training loop seeds initialisation with
-    rank_seed(train.seed, 0, "init") right before build_networks, and so does this."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(dist.rank_seed(cfg.train.seed, 0, "init"))
-        return get_family(cfg.model.family).build_networks(
-            cfg.model, channels=channels, image_size=image_size, num_classes=num_classes)
 
 
 def feature_sets(family: Family, nets: dict[str, nn.Module], random_nets: dict[str, nn.Module],
@@ -89,24 +80,19 @@ def score(train_f: torch.Tensor, test_f: torch.Tensor, data: EvalData, cfg: Conf
 
 def write_pictures(cfg: Config, family: Family, nets: dict[str, nn.Module], test_x: torch.Tensor, out: Path,
                    metrics_path: Path) -> dict[str, str]:
-    """Sample grid, interpolation, reconstructions (families with E) and the G gradient-norm plot."""
+    """The family's pictures (e.g. sample grid, interpolation, reconstructions, gradient-norm plot)."""
     device = _device(nets)
-    with _fork_rng(device):
-        # Fixed z per seed, so pictures of successive checkpoints of one run are comparable.
-        torch.manual_seed(dist.rank_seed(cfg.train.seed, 0, "eval-pictures"))
-        z = family.sample_z(NUM_SAMPLES, cfg.model.latent_dim, device=device)
-        z_left = family.sample_z(NUM_PAIRS, cfg.model.latent_dim, device=device)
-        z_right = family.sample_z(NUM_PAIRS, cfg.model.latent_dim, device=device)
-    written = {"samples": sample_grid(nets["G"], z, out / "samples.png"),
-               "interpolation": interpolation(nets["G"], z_left, z_right, out / "interpolation.png",
-                                              steps=INTERPOLATION_STEPS)}
-    if "E" in nets:
-        x = test_x[:NUM_RECONSTRUCTIONS].to(device)
-        written["reconstructions"] = reconstructions(nets["G"], nets["E"], x, out / "reconstructions.png")
-    plot = grad_norm_plot(metrics_path, out / "grad_norm_G.png")
-    if plot is not None:
-        written["grad_norm_G"] = plot
-    return {name: str(path) for name, path in written.items()}
+    z = z_left = z_right = None
+    if family.prior is not None:
+        with _fork_rng(device):
+            # Fixed z per seed, so pictures of successive checkpoints of one run are comparable.
+            torch.manual_seed(dist.rank_seed(cfg.train.seed, 0, "eval-pictures"))
+            z = family.sample_z(NUM_SAMPLES, cfg.model.latent_dim, device=device)
+            z_left = family.sample_z(NUM_PAIRS, cfg.model.latent_dim, device=device)
+            z_right = family.sample_z(NUM_PAIRS, cfg.model.latent_dim, device=device)
+    inputs = PictureInputs(z=z, z_left=z_left, z_right=z_right, x=test_x[:NUM_RECONSTRUCTIONS].to(device),
+                           metrics=metrics_path)
+    return {name: str(path) for name, path in family.pictures(nets, inputs, out).items()}
 
 
 def markdown_table(result: dict) -> str:
@@ -137,8 +123,8 @@ def evaluate(cfg: Config, nets: dict[str, nn.Module], out_dir: str | Path, *, da
 
     has_classes = data.num_classes > 0 and bool((data.train_y >= 0).all()) and bool((data.test_y >= 0).all())
     if has_classes:
-        random_nets = random_init_networks(cfg, channels=channels, image_size=image_size,
-                                           num_classes=data.num_classes)
+        # The weights the run started from (the loop builds them the same way).
+        random_nets = build_networks(cfg, channels=channels, image_size=image_size, num_classes=data.num_classes)
         for net in random_nets.values():
             net.to(_device(nets))
         for name, (train_f, test_f) in feature_sets(family, nets, random_nets, data).items():

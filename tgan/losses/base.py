@@ -1,4 +1,4 @@
-"""What every family's loss shares: the batch, the phase interface, the z prior."""
+"""What every family's loss shares: the batch, the phase convention, the z prior."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -23,6 +23,13 @@ class Batch:
     xl: torch.Tensor | None = None
     yl: torch.Tensor | None = None
 
+    def labelled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(xl, yl), empty when this rank has no labelled rows: a rank still joins the cross-rank
+        triplet gather with an empty batch, attached to E so its backward joins too."""
+        if self.xl is None:
+            return self.x[:0], self.y[:0]
+        return self.xl, self.yl
+
 
 def sample_z(prior: str, n: int, latent_dim: int, device: torch.device | str | None = None) -> torch.Tensor:
     """[n, latent_dim] from the global torch RNG: "normal" N(0, 1) or "uniform" U(-1, 1)."""
@@ -34,19 +41,13 @@ def sample_z(prior: str, n: int, latent_dim: int, device: torch.device | str | N
 
 
 class GANLoss:
-    """One family's objective, split into phases (the optimizer groups, e.g. "D" then "G").
-
-    The training loop calls `phase_loss(phase, nets, batch)` for each phase and backpropagates the
-    returned scalar; it never needs to know which family it trains.
+    """One family's objective, split into phases: public methods `<phase>_loss(nets, batch)` that
+    return the loss to backpropagate and its scalars as floats. The family (tgan/families/) names
+    which method is the phase of which optimizer group; the loop never knows which family it trains.
     """
 
-    phases: tuple[str, ...] = ("D", "G")
-
-    def phase_loss(self, phase: str, nets: Nets, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        if phase not in self.phases:
-            raise ValueError(f"phase {phase!r} is not one of this loss's phases {self.phases}")
-        loss, scalars = getattr(self, f"_{phase.lower()}_loss")(nets, batch)
-        return loss, to_floats(scalars)
+    prior: str
+    """Distribution of z (see sample_z)."""
 
 
 def to_floats(scalars: Mapping[str, torch.Tensor | float]) -> dict[str, float]:

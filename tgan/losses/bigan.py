@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tgan.losses.base import Batch, GANLoss, Nets, sample_z
+from tgan.losses.base import Batch, GANLoss, Nets, sample_z, to_floats
 from tgan.losses.mining import global_triplet_loss
 
 
@@ -33,12 +33,19 @@ class BiGANLoss(GANLoss):
             z_enc, x_fake = nets["E"](x), nets["G"](z)
         return nets["D"](x, z_enc), nets["D"](x_fake, z)
 
-    def _d_loss(self, nets: Nets, batch: Batch):
+    def d_loss(self, nets: Nets, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """D's phase: -V, with G(z) and E(x) drawn without gradient."""
         real, fake = self._logits(nets, batch.x, train_ge=False)
         loss = F.softplus(-real).mean() + F.softplus(fake).mean()  # -V
-        return loss, {"loss/d": loss, "d/real": torch.sigmoid(real).mean(), "d/fake": torch.sigmoid(fake).mean()}
+        return loss, to_floats({"loss/d": loss, "d/real": torch.sigmoid(real).mean(),
+                                "d/fake": torch.sigmoid(fake).mean()})
 
-    def _g_loss(self, nets: Nets, batch: Batch):
+    def g_loss(self, nets: Nets, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """G and E's phase (non-saturating or V itself)."""
+        loss, scalars = self._g_terms(nets, batch)
+        return loss, to_floats(scalars)
+
+    def _g_terms(self, nets: Nets, batch: Batch):
         real, fake = self._logits(nets, batch.x, train_ge=True)
         if self.nonsaturating:
             loss = F.softplus(real).mean() + F.softplus(-fake).mean()
@@ -51,8 +58,7 @@ class TriBiGANLoss(BiGANLoss):
     """BiGAN plus, in the G/E phase, triplet_weight * triplet(E(xl), yl) mined over all ranks.
 
     The triplet loss acts on E(x) directly (the latent code is the embedding), on the labelled
-    stream only; the D phase is BiGAN's. A rank without labelled rows (xl None or empty) still joins
-    the cross-rank gather with an empty batch, attached to E so its backward joins too.
+    stream only (Batch.labelled); the D phase is BiGAN's.
     """
 
     def __init__(self, *, latent_dim: int, nonsaturating: bool = True, weight: float = 1.0,
@@ -62,12 +68,9 @@ class TriBiGANLoss(BiGANLoss):
             raise ValueError(f"loss.triplet_margin={margin} selects no triplet with loss.miner=semihard: use > 0")
         self.weight, self.form, self.miner, self.margin = weight, form, miner, margin
 
-    def _g_loss(self, nets: Nets, batch: Batch):
-        loss, scalars = super()._g_loss(nets, batch)
-        if batch.xl is None:
-            xl, yl = batch.x[:0], batch.y[:0]
-        else:
-            xl, yl = batch.xl, batch.yl
+    def _g_terms(self, nets: Nets, batch: Batch):
+        loss, scalars = super()._g_terms(nets, batch)
+        xl, yl = batch.labelled()
         triplet, count = global_triplet_loss(nets["E"](xl), yl, form=self.form, miner=self.miner,
                                              margin=self.margin)
         scalars.update({"loss/triplet": triplet, "triplets": count})

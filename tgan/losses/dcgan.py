@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tgan.losses.base import Batch, GANLoss, Nets, sample_z
+from tgan.losses.base import Batch, GANLoss, Nets, sample_z, to_floats
 
 
 class DCGANLoss(GANLoss):
@@ -21,15 +21,16 @@ class DCGANLoss(GANLoss):
     def _fake(self, nets: Nets, x: torch.Tensor) -> torch.Tensor:
         return nets["G"](sample_z(self.prior, x.shape[0], self.latent_dim, x.device))
 
-    def _d_loss(self, nets: Nets, batch: Batch):
+    def d_loss(self, nets: Nets, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         real = nets["D"](batch.x)
         with torch.no_grad():
             fake_x = self._fake(nets, batch.x)
         fake = nets["D"](fake_x)
         loss = F.softplus(-real).mean() + F.softplus(fake).mean()
-        return loss, {"loss/d": loss, "d/real": torch.sigmoid(real).mean(), "d/fake": torch.sigmoid(fake).mean()}
+        return loss, to_floats({"loss/d": loss, "d/real": torch.sigmoid(real).mean(),
+                                "d/fake": torch.sigmoid(fake).mean()})
 
-    def _g_loss(self, nets: Nets, batch: Batch):
+    def g_loss(self, nets: Nets, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         fake = nets["D"](self._fake(nets, batch.x))
         loss = F.softplus(-fake).mean() if self.nonsaturating else -F.softplus(fake).mean()
-        return loss, {"loss/g": loss, "d/fake": torch.sigmoid(fake).mean()}
+        return loss, to_floats({"loss/g": loss, "d/fake": torch.sigmoid(fake).mean()})

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tgan.losses.base import Batch, GANLoss, Nets, sample_z
+from tgan.losses.base import Batch, GANLoss, Nets, sample_z, to_floats
 
 L1_REDUCTIONS = ("mean", "sum")
 
@@ -55,7 +55,7 @@ class MBGANLoss(GANLoss):
     def _fake(self, nets: Nets, m: int, y_j: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         return nets["G"](sample_z(self.prior, m, self.latent_dim, like.device), y_j)
 
-    def _d_loss(self, nets: Nets, batch: Batch):
+    def d_loss(self, nets: Nets, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         m, y = self._split(batch)
         y_j = None if y is None else y[m:2 * m]
         f = nets["D"](batch.x[:2 * m], None if y is None else y[:2 * m])
@@ -66,16 +66,17 @@ class MBGANLoss(GANLoss):
         d_real, d_fake = distance(f_i, f_j), distance(f_i, f_fake)
         h = self.alpha * self.l1(batch.x[m:2 * m] - fake)
         loss = F.relu(h + d_real - d_fake).mean()
-        return loss, {"loss/d": loss, "loss/margin": h.mean(), "d/real": d_real.mean(), "d/fake": d_fake.mean()}
+        return loss, to_floats({"loss/d": loss, "loss/margin": h.mean(), "d/real": d_real.mean(),
+                                "d/fake": d_fake.mean()})
 
-    def _g_loss(self, nets: Nets, batch: Batch):
+    def g_loss(self, nets: Nets, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         m, y = self._split(batch)
         y_j = None if y is None else y[m:2 * m]
         with torch.no_grad():  # D is frozen here; features of x_j computed as in the D phase
             f_j = nets["D"](batch.x[:2 * m], None if y is None else y[:2 * m])[m:]
         f_fake = nets["D"](self._fake(nets, m, y_j, batch.x), y_j)
         loss = distance(f_j, f_fake).mean()
-        return loss, {"loss/g": loss}
+        return loss, to_floats({"loss/g": loss})
 
     def l1(self, diff: torch.Tensor) -> torch.Tensor:
         """Per-sample L1 norm of an image difference, averaged or summed over pixels (loss.l1_reduction)."""

@@ -2,13 +2,15 @@
 optimizers and saves their state. The loop only talks to this interface, so the plain/DDP backend
 here and the DeepSpeed backend in cluster/ are interchangeable.
 
-One optimizer (Adam, as in both papers) per optimizer group of the family (`family.groups`, e.g.
-{"D": ("D",), "G": ("G", "E")}); group "D" uses optim.lr_d, every other group optim.lr_g (both
-default to optim.lr).
+One optimizer (Adam, as in both papers) per optimizer group of the family (`tgan.families.base.Group`),
+at the learning rate of the group's role (`Group.lr`: optim.lr_d or optim.lr_g, both default optim.lr).
+Both backends run the same guarded step (`guarded_step`): backward, gradient norms, one agreed
+finite-or-skip decision across ranks, then step or skip.
 """
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from tgan import dist
 from tgan.config import OptimConfig
+from tgan.families.base import Group
 
 
 @dataclass
@@ -35,7 +38,7 @@ class Backend(abc.ABC):
     """The training state the loop does not touch directly: wrapped networks and optimizers."""
 
     @abc.abstractmethod
-    def setup(self, nets: dict[str, nn.Module], groups: dict[str, tuple[str, ...]], optim_cfg: OptimConfig,
+    def setup(self, nets: dict[str, nn.Module], groups: Sequence[Group], optim_cfg: OptimConfig,
               device: torch.device) -> None:
         """Take ownership of `nets` (already on `device`), wrap them and build one optimizer per group."""
 
@@ -63,10 +66,29 @@ class Backend(abc.ABC):
         """Called on every rank after `setup`: restore what `save` wrote."""
 
 
-def group_lr(group: str, cfg: OptimConfig) -> float:
-    """optim.lr_d for the discriminator group, optim.lr_g for the others, optim.lr by default."""
-    specific = cfg.lr_d if group == "D" else cfg.lr_g
-    return cfg.lr if specific is None else specific
+def guarded_step(loss: torch.Tensor, names: Sequence[str], *, backward: Callable[[torch.Tensor], None],
+                 norm: Callable[[str], torch.Tensor], apply: Callable[[torch.Tensor], None],
+                 skip: Callable[[], None]) -> StepResult:
+    """The step both backends share: `backward(loss)`, `norm(name)` of each network's gradient, then
+    `apply(total_norm)` when the loss and every norm are finite on every rank, else `skip()`.
+
+    The rank agreement is explicit: DDP all-reduces gradients, but a loss can be inf on one rank with
+    finite gradients, and no rank may step while another skips. The norms and the decision come back
+    from the device in one transfer.
+    """
+    backward(loss)
+    norms = torch.stack([norm(n).float().to(loss.device) for n in names])
+    total = torch.linalg.vector_norm(norms)  # non-finite when any norm is
+    ok = (torch.isfinite(loss.detach()) & torch.isfinite(total)).to(torch.int32)
+    if dist.world_size() > 1:
+        torch_dist.all_reduce(ok, op=torch_dist.ReduceOp.MIN)
+    values = torch.cat([norms.detach(), ok.reshape(1).to(norms.dtype)]).tolist()
+    finite = bool(values[-1])
+    if finite:
+        apply(total)
+    else:
+        skip()
+    return StepResult(grad_norms=dict(zip(names, values[:-1])), finite=finite)
 
 
 def grad_norm(module: nn.Module) -> torch.Tensor:
@@ -91,7 +113,7 @@ class TorchBackend(Backend):
 
     def setup(self, nets, groups, optim_cfg, device):
         self._raw = dict(nets)
-        self._groups = dict(groups)
+        self._groups = {g.name: g.networks for g in groups}
         self._grad_clip = optim_cfg.grad_clip
         distributed = dist.world_size() > 1
         for name, net in self._raw.items():
@@ -104,10 +126,10 @@ class TorchBackend(Backend):
                 self._wrapped[name] = DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
             else:
                 self._wrapped[name] = net
-        for group, names in self._groups.items():
-            params = [p for n in names for p in self._raw[n].parameters()]
-            self._optimizers[group] = torch.optim.Adam(
-                params, lr=group_lr(group, optim_cfg), betas=(optim_cfg.beta1, optim_cfg.beta2))
+        for group in groups:
+            params = [p for n in group.networks for p in self._raw[n].parameters()]
+            self._optimizers[group.name] = torch.optim.Adam(
+                params, lr=group.lr(optim_cfg), betas=(optim_cfg.beta1, optim_cfg.beta2))
 
     def module(self, name):
         return self._wrapped[name]
@@ -118,25 +140,17 @@ class TorchBackend(Backend):
     def step(self, group, loss):
         names = self._groups[group]
         optimizer = self._optimizers[group]
-        loss.backward()
-        norms = torch.stack([grad_norm(self._raw[n]).to(loss.device) for n in names])
-        total = torch.linalg.vector_norm(norms)
-        ok = torch.isfinite(loss.detach()) & torch.isfinite(total)
-        if dist.world_size() > 1:
-            # DDP all-reduces the gradients, but a loss can be inf on one rank with finite gradients:
-            # agree explicitly so that no rank steps while another skips.
-            flag = ok.to(torch.int32)
-            torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MIN)
-            ok = flag.bool()
-        values = torch.cat([norms.detach(), ok.reshape(1).to(norms.dtype)]).tolist()
-        finite = bool(values[-1])
-        if finite:
+
+        def apply(total: torch.Tensor) -> None:
             if self._grad_clip > 0:
                 params = [p for n in names for p in self._raw[n].parameters() if p.grad is not None]
                 torch.nn.utils.clip_grads_with_norm_(params, self._grad_clip, total)
             optimizer.step()
+
+        result = guarded_step(loss, names, backward=torch.Tensor.backward, norm=lambda n: grad_norm(self._raw[n]),
+                              apply=apply, skip=lambda: None)
         optimizer.zero_grad(set_to_none=True)
-        return StepResult(grad_norms=dict(zip(names, values[:-1])), finite=finite)
+        return result
 
     def save(self, directory):
         # Under DDP every rank holds the same optimizer state; one copy is enough.

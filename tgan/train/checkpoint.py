@@ -23,7 +23,7 @@ from torch import nn
 
 from tgan import dist
 from tgan.config import Config, config_from_dict
-from tgan.models.registry import get_family
+from tgan.families.base import build_networks
 
 PREFIX = "step_"
 
@@ -117,8 +117,8 @@ def load_networks(path: str | Path) -> tuple[Config, dict[str, nn.Module]]:
     state = load_checkpoint(path)
     cfg = config_from_dict(state["config"])
     meta = state["meta"]
-    nets = get_family(cfg.model.family).build_networks(
-        cfg.model, channels=meta["channels"], image_size=meta["image_size"], num_classes=meta["num_classes"])
+    nets = build_networks(cfg, channels=meta["channels"], image_size=meta["image_size"],
+                          num_classes=meta["num_classes"])
     for name, net in nets.items():
         net.load_state_dict(state["nets"][name])
         net.eval()

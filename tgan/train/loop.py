@@ -1,7 +1,8 @@
-"""The training loop: one step = the D phase, then `loss.g_steps_per_d_step` steps of every other
-group (G/E), all on the same real batch (Algorithm 1 of the MBGAN paper draws only new z for the G
-steps; the loss draws z itself). The loop never knows which family it trains: the family gives the
-networks, the optimizer groups and the loss; the backend does backward and the optimizer steps.
+"""The training loop: one step = every optimizer group of the family in its order, each phase run
+once (discriminator role) or `loss.g_steps_per_d_step` times (generator role), all on the same real
+batch (Algorithm 1 of the MBGAN paper draws only new z for the G steps; the loss draws z itself).
+The loop never knows which family it trains: the family (tgan/families/) gives the networks, the
+optimizer groups and their loss phases; the backend does backward and the optimizer steps.
 
 Runs in one process or on every rank of a torch.distributed process group (the backend wraps the
 trained networks in DDP); everything rank-dependent goes through tgan.dist.
@@ -27,8 +28,9 @@ from tgan.config import Config, ConfigError, dump_yaml
 from tgan.data.index import DataError
 from tgan.data.streams import build_streams
 from tgan.eval.validation import LiveValidation
+from tgan.families import get_family
+from tgan.families.base import Group, build_networks
 from tgan.losses.base import Batch
-from tgan.models.registry import get_family
 from tgan.train import checkpoint as ckpt
 from tgan.train.backend import Backend, TorchBackend
 from tgan.train.shards import ensure_shards
@@ -56,17 +58,6 @@ class TrainResult:
     """The last checkpoint written or resumed from."""
     nets: dict[str, nn.Module]
     """The raw trained networks."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda when available; on CUDA each rank takes its local GPU (LOCAL_RANK, set by launchers)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device='cuda' but no CUDA device is available: use auto or cpu")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist.rank() % torch.cuda.device_count())))
-    return torch.device("cpu")
 
 
 def seed_everything(seed: int) -> None:
@@ -102,19 +93,19 @@ def find_resume(cfg: Config, resume_from: str | Path | None) -> Path | None:
 class PhaseRunner:
     """Runs one optimizer step of a group: trained networks wrapped, the others raw and frozen."""
 
-    def __init__(self, backend: Backend, groups: dict[str, tuple[str, ...]], loss_fn, names: list[str]):
-        self.backend, self.groups, self.loss_fn, self.names = backend, groups, loss_fn, names
+    def __init__(self, backend: Backend, loss_fn, names: list[str]):
+        self.backend, self.loss_fn, self.names = backend, loss_fn, names
 
-    def __call__(self, group: str, batch: Batch):
-        trained = self.groups[group]
+    def __call__(self, group: Group, batch: Batch):
+        trained = group.networks
         frozen = [self.backend.raw(n) for n in self.names if n not in trained]
         flags = [[p.requires_grad for p in net.parameters()] for net in frozen]
         for net in frozen:
             net.requires_grad_(False)
         try:
             nets = {n: self.backend.module(n) if n in trained else self.backend.raw(n) for n in self.names}
-            loss, scalars = self.loss_fn.phase_loss(group, nets, batch)
-            result = self.backend.step(group, loss)
+            loss, scalars = group.phase(self.loss_fn, nets, batch)
+            result = self.backend.step(group.name, loss)
         finally:
             for net, saved in zip(frozen, flags):
                 for p, flag in zip(net.parameters(), saved):
@@ -176,7 +167,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
     at every checkpoint; rank 0 also appends the scalars to <out_dir>/metrics.jsonl.
     """
     rank, world = dist.rank(), dist.world_size()
-    device = resolve_device(cfg.train.device)
+    device = dist.resolve_device(cfg.train.device)
     if cfg.train.deterministic:
         use_deterministic_kernels()
     out = Path(cfg.train.out_dir)
@@ -191,8 +182,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
     meta = {"channels": index.channels, "image_size": index.image_size, "num_classes": index.num_classes}
     family = get_family(cfg.model.family)
     # Same initial weights on every rank (DDP would broadcast rank 0's anyway; this keeps W=1 and W>1 equal).
-    torch.manual_seed(dist.rank_seed(cfg.train.seed, 0, "init"))
-    nets = family.build_networks(cfg.model, **meta)
+    nets = build_networks(cfg, **meta)
     loss_fn = family.make_loss(cfg.loss, cfg.model, index.num_classes)
 
     start, counters, last_ckpt = 0, {"nonfinite_skipped": 0, "nonfinite_in_row": 0}, None
@@ -205,7 +195,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
     for net in nets.values():
         net.to(device).train()
     backend = backend if backend is not None else TorchBackend()
-    backend.setup(nets, family.groups, cfg.optim, device)
+    backend.setup(nets, family.groups_in_order, cfg.optim, device)
 
     seed_everything(dist.rank_seed(cfg.train.seed, rank))
     if resume is not None:
@@ -217,7 +207,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
             _trim_metrics(out / "metrics.jsonl", start)
             print(f"resumed from {resume} at step {start}", flush=True)
 
-    run_phase = PhaseRunner(backend, family.groups, loss_fn, list(nets))
+    run_phase = PhaseRunner(backend, loss_fn, list(nets))
     validation = LiveValidation(cfg, family, streams, device) if cfg.eval.every else None
     scalars: dict[str, float] = {}
     done = start
@@ -225,7 +215,8 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
     try:
         for step in range(start + 1, cfg.train.steps + 1):
             _maybe_fault(cfg, step)
-            scalars, give_up = _train_step(cfg, step, streams, device, run_phase, family.groups, counters)
+            scalars, give_up = _train_step(cfg, step, streams, device, run_phase, family.groups_in_order,
+                                           counters)
             done = step
             last = step == cfg.train.steps or _out_of_time(deadline, device)
             every = cfg.train.checkpoint_every
@@ -266,15 +257,15 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
 
 
 def _train_step(cfg: Config, step: int, streams, device: torch.device, run_phase: PhaseRunner,
-                groups: dict[str, tuple[str, ...]], counters: dict[str, int]) -> tuple[dict[str, float], bool]:
-    """One step (D phase, then the other groups); returns its scalars and whether to give up."""
+                groups: tuple[Group, ...], counters: dict[str, int]) -> tuple[dict[str, float], bool]:
+    """One step (every group's phases, in order); returns its scalars and whether to give up."""
     t0 = time.perf_counter()
     batch = _next_batch(streams, device)
     data_wait = time.perf_counter() - t0
 
     scalars, grad_norms, skipped = {}, {}, 0
     for group in groups:
-        for _ in range(1 if group == "D" else cfg.loss.g_steps_per_d_step):
+        for _ in range(group.steps(cfg.loss)):
             phase_scalars, result = run_phase(group, batch)
             scalars.update(phase_scalars)
             grad_norms.update(result.grad_norms)

@@ -1,4 +1,4 @@
-"""The family registry: networks, groups, losses, priors and evaluation features per family."""
+"""The families (tgan/families/): networks, groups, losses, priors and evaluation features per family."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +9,7 @@ from tgan.losses.bigan import BiGANLoss, TriBiGANLoss
 from tgan.losses.dcgan import DCGANLoss
 from tgan.losses.mbgan import MBGANLoss
 from tgan.models.dcgan import channel_widths
-from tgan.models.registry import FAMILIES, get_family
+from tgan.families import FAMILIES, get_family
 
 EXPECTED = {
     "bigan": ({"D": ("D",), "G": ("G", "E")}, {"G", "E", "D"}, BiGANLoss, "normal", {"E"}),
@@ -40,8 +40,8 @@ def test_family_contract(name):
     # one full step of each phase runs and produces finite losses and scalars
     loss = fam.make_loss(LossConfig(), cfg, 3)
     batch = Batch(x, torch.tensor([0, 1, 0, 1]), x, torch.tensor([0, 1, 0, 1]))
-    for phase in groups:
-        value, scalars = loss.phase_loss(phase, nets, batch)
+    for group in fam.groups_in_order:
+        value, scalars = group.phase(loss, nets, batch)
         value.backward()
         assert torch.isfinite(value) and all(isinstance(v, float) for v in scalars.values())
 
