@@ -4,7 +4,7 @@
 
 Two models train at a time, side by side, so that the models compared with each other share the
 machine alike: first tribigan and bigan (the triplet term vs none), then mbgan and dcgan (MBGAN's
-comparison). Each is `python -m tgan.train.cli` on its launch/recipes/fmnist_*.yaml recipe with
+comparison). Each is `python launch/train_local.py` on its launch/recipes/fmnist_*.yaml recipe with
 train.time_limit_s = --minutes, torch limited to --threads threads (on a 2-core machine two 1-thread
 runs fill it), 1% of the labels for tribigan (60 per class, the recipe's), then the CLI's own
 evaluation: trained networks, the same networks at their initial weights, and raw pixels, all
@@ -31,7 +31,7 @@ PAIRS = (("tribigan", "bigan"), ("mbgan", "dcgan"))
 
 
 def launch(family: str, args: argparse.Namespace, out: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "tgan.train.cli", "--config", f"launch/recipes/fmnist_{family}.yaml",
+    cmd = [sys.executable, "launch/train_local.py", "--config", f"launch/recipes/fmnist_{family}.yaml",
            "--set", f"data.shards={args.shards}", "--set", f"train.out_dir={out}", "--set", "train.resume=never",
            "--set", "train.device=cpu", "--set", "train.steps=1000000",
            "--set", f"train.time_limit_s={args.minutes * 60:g}", "--set", "train.checkpoint_every=1000",

@@ -78,16 +78,12 @@ def ray_worker(config: dict) -> None:
     """Ray Train worker: the real worker path (backend, reporter, metrics) plus timestamps."""
     import ray.train
 
-    from cluster.trainer import make_reporter
+    from cluster.trainer import make_backend, make_reporter
     from tgan.train.loop import train
 
     cfg = config_from_dict(config["cfg"])
     rank = ray.train.get_context().get_world_rank()
-    backend = None
-    if cfg.cluster.backend == "deepspeed":
-        from cluster.deepspeed_backend import DeepSpeedBackend
-
-        backend = DeepSpeedBackend(cfg.cluster.deepspeed, batch_size=cfg.data.batch_size)
+    backend = make_backend(cfg)
     stamps, report = _timed(cfg, make_reporter(cfg, rank))
     result = train(cfg, backend=backend, reporter=report)
     comm = _comm_costs(cfg, result.nets) if cfg.cluster.num_workers > 1 else {}

@@ -1,12 +1,12 @@
 """launch/train.py: recipe + dotted overrides -> Ray Train run (local Ray, RAY_ADDRESS or `ray job
-submit`) -> evaluation table. The flags are the one-process CLI's (tgan.train.cli) plus --resume.
+submit`) -> evaluation table. The flags are the one-process CLI's (tgan.app.recipe) plus --resume.
 launch/sweep.py (`sweep_main`): the same flags plus --grid -> a Ray Tune sweep of such runs."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from tgan.train.cli import recipe_parser, resolve_config
+from tgan.app.recipe import recipe_parser, resolve_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,6 @@ workers get the cluster's CPUs; `max_concurrent` trials run side by side.
 """
 from __future__ import annotations
 
-import copy
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from tgan.config import Config, ConfigError, config_from_dict
+from tgan.config import Config, ConfigError, apply_overrides, config_from_dict
 
 METRICS = {"map": "mAP", "knn9": "9-NN accuracy", "probe": "linear-probe accuracy"}
 
@@ -40,29 +39,18 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     return grid
 
 
-def _set(values: dict, dotted: str, value: Any) -> None:
-    *sections, name = dotted.split(".")
-    node = values
-    for s in sections:
-        node = node.setdefault(s, {})
-    node[name] = value
-
-
 def trial_config(base: Config, point: dict[str, Any]) -> Config:
     """`base` with the grid point's values and its own train.out_dir (<out_dir>/<tag>), validated.
 
     The two exclusive ways of choosing the labelled subset replace each other: a point that sets
     data.labelled_fraction clears the recipe's data.labels_per_class, and the other way round.
     """
-    values = copy.deepcopy(base.to_dict())
+    overrides = {}
     for key, other in (("data.labelled_fraction", "labels_per_class"), ("data.labels_per_class", "labelled_fraction")):
         if key in point and f"data.{other}" not in point:
-            values["data"][other] = None
-    for key, value in point.items():
-        _set(values, key, value)
+            overrides[f"data.{other}"] = None
     tag = "_".join(f"{key.split('.')[-1]}={value}" for key, value in point.items())
-    values["train"]["out_dir"] = str(Path(base.train.out_dir) / tag)
-    return config_from_dict(values)
+    return apply_overrides(base, {**overrides, **point, "train.out_dir": str(Path(base.train.out_dir) / tag)})
 
 
 def check_grid(base: Config, grid: dict[str, list]) -> None:

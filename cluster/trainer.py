@@ -27,8 +27,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2.api.exceptions import WorkerGroupError
 
 from cluster import ray_env
-from tgan.config import Config, config_from_dict
+from tgan.config import Config, apply_overrides, config_from_dict
 from tgan.train import checkpoint as ckpt
+from tgan.train.backend import Backend, TorchBackend
 from tgan.train.loop import USER_ERRORS
 
 
@@ -46,12 +47,11 @@ class RunResult:
 
 def absolute_paths(cfg: Config) -> Config:
     """Workers do not share the driver's working directory: make relative paths absolute here."""
-    d = cfg.to_dict()
-    d["data"]["shards"] = str(Path(cfg.data.shards).resolve())
-    d["train"]["out_dir"] = str(Path(cfg.train.out_dir).resolve())
+    paths = {"data.shards": str(Path(cfg.data.shards).resolve()),
+             "train.out_dir": str(Path(cfg.train.out_dir).resolve())}
     if cfg.train.resume not in ("auto", "never"):
-        d["train"]["resume"] = str(Path(cfg.train.resume).resolve())
-    return config_from_dict(d)
+        paths["train.resume"] = str(Path(cfg.train.resume).resolve())
+    return apply_overrides(cfg, paths)
 
 
 def make_reporter(cfg: Config, rank: int):
@@ -81,17 +81,22 @@ def make_reporter(cfg: Config, rank: int):
     return reporter
 
 
+def make_backend(cfg: Config) -> Backend:
+    """The backend cluster.backend names, built inside a worker (DeepSpeed is imported only there)."""
+    if cfg.cluster.backend == "deepspeed":
+        from cluster.deepspeed_backend import DeepSpeedBackend
+
+        return DeepSpeedBackend(cfg.cluster.deepspeed, batch_size=cfg.data.batch_size)
+    return TorchBackend()
+
+
 def train_worker(config: dict) -> None:
     """The per-rank function Ray Train runs (inside an actor, with the process group set up)."""
     from tgan.train.loop import train
 
     cfg = config_from_dict(config["cfg"])
     rank = ray.train.get_context().get_world_rank()
-    backend = None
-    if cfg.cluster.backend == "deepspeed":
-        from cluster.deepspeed_backend import DeepSpeedBackend
-
-        backend = DeepSpeedBackend(cfg.cluster.deepspeed, batch_size=cfg.data.batch_size)
+    backend = make_backend(cfg)
     reporter = make_reporter(cfg, rank)
     restored = ray.train.get_checkpoint()
     if restored is None:

@@ -10,16 +10,18 @@ never imports ray, deepspeed or prometheus_client.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tgan.families import FAMILIES, get_family
+from tgan.families import DEFAULT_FAMILY, FAMILIES, get_family
 
 
 class ConfigError(ValueError):
@@ -92,7 +94,7 @@ class DataConfig:
 class ModelConfig:
     """Which GAN family and how wide its networks are."""
 
-    family: str = "bigan"
+    family: str = DEFAULT_FAMILY
     """One of tgan.families.FAMILIES (a module of tgan/families/ each): bigan, dcgan, mbgan, tribigan, triplet."""
     latent_dim: int = 100
     """Size of z (100 in both papers)."""
@@ -327,11 +329,30 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     raise ConfigError(f"{name}={value!r} has the wrong type: expected {hint}")
 
 
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. loss.alpha=20)")
-    key, raw = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw != "" else ""
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """["loss.alpha=20", "train.steps=5"] (--set) -> {"loss.alpha": 20, "train.steps": 5}; values are YAML."""
+    parsed = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. loss.alpha=20)")
+        key, raw = item.split("=", 1)
+        parsed[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+    return parsed
+
+
+def apply_overrides(base: Config | dict, overrides: Mapping[str, Any]) -> Config:
+    """The one way a config is changed: `base` (a Config or a dict of sections) with each dotted key
+    ("loss.alpha") set to its value, validated as a whole. `base` itself is left as it was."""
+    values = copy.deepcopy(base.to_dict() if isinstance(base, Config) else base)
+    for dotted, value in overrides.items():
+        *sections, name = dotted.split(".")
+        node = values
+        for section in sections:
+            node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted}={value!r}: {section} is not a section")
+        node[name] = value
+    return _build(Config, values, "")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -344,15 +365,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         values = yaml.safe_load(p.read_text()) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"recipe {p} must be a YAML mapping of sections (data, model, loss, ...)")
-    for item in overrides:
-        keys, value = _parse_override(item)
-        node = values
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {k} is not a section")
-        node[keys[-1]] = value
-    return _build(Config, values, "")
+    return apply_overrides(values, parse_overrides(overrides))
 
 
 def config_from_dict(values: dict) -> Config:

@@ -111,7 +111,7 @@ def test_load_networks_rebuilds_the_trained_networks_for_evaluation(shards, tmp_
 def test_a_process_killed_mid_run_resumes_from_its_checkpoint_with_the_same_losses(shards, tmp_path):
     """train.fault_step kills the process once; running the same command again finishes the run."""
     def run(out, *extra):
-        return subprocess.run([sys.executable, "-m", "tgan.train.cli", "--config", str(DEBUG),
+        return subprocess.run([sys.executable, str(ROOT / "launch" / "train_local.py"), "--config", str(DEBUG),
                                "--set", f"data.shards={shards}", "--set", f"train.out_dir={out}",
                                "--set", "train.log_every=1", "--set", "train.steps=5", *extra],
                               capture_output=True, text=True, cwd=ROOT, timeout=300)

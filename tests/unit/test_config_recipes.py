@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from tgan.config import load_config
-from tgan.train.cli import world_arithmetic
+from tgan.app.recipe import world_arithmetic
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "launch" / "recipes"
@@ -55,7 +55,7 @@ def test_world_arithmetic_multiplies_per_rank_batches_by_the_workers():
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "tgan.train.cli", *args],
+    return subprocess.run([sys.executable, str(ROOT / "launch" / "train_local.py"), *args],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 

@@ -137,7 +137,7 @@ def test_grad_norm_plot_needs_the_file_and_the_key(tmp_path):
 
 
 def test_cli_evaluates_the_newest_checkpoint_of_a_run_and_prints_the_table(trained, tmp_path, capsys):
-    from tgan.eval.cli import main
+    from tgan.app.evaluate import main
 
     _, _, run_dir = trained
     assert main([str(run_dir), "--set", "eval.max_test=50", "--set", "eval.pictures=false",
@@ -150,7 +150,7 @@ def test_cli_evaluates_the_newest_checkpoint_of_a_run_and_prints_the_table(train
 
 
 def test_cli_default_output_and_grad_norm_plot_come_from_the_run_directory(trained, capsys):
-    from tgan.eval.cli import main
+    from tgan.app.evaluate import main
 
     _, _, run_dir = trained
     checkpoint = run_dir / "checkpoints" / "step_00000002"
@@ -160,7 +160,7 @@ def test_cli_default_output_and_grad_norm_plot_come_from_the_run_directory(train
 
 
 def test_cli_errors_name_the_problem(trained, tmp_path, capsys):
-    from tgan.eval.cli import main
+    from tgan.app.evaluate import main
 
     _, _, run_dir = trained
     assert main([str(run_dir), "--set", "model.width=2"]) == 2

@@ -44,7 +44,7 @@ def test_missing_digits_shards_are_prepared_and_other_datasets_name_the_command(
 
 def test_time_limit_stops_early_with_a_checkpoint_and_the_cli_then_evaluates(shards, tmp_path):
     out = tmp_path / "timed"
-    proc = subprocess.run([sys.executable, "-m", "tgan.train.cli", "--config", str(DEBUG),
+    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "train_local.py"), "--config", str(DEBUG),
                            "--set", f"data.shards={shards}", "--set", f"train.out_dir={out}",
                            "--set", "train.steps=1000", "--set", "train.time_limit_s=0.000001"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)

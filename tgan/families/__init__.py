@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 FAMILIES: tuple[str, ...] = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base"))
 """Valid values of model.family: every module of this package except `base`."""
+DEFAULT_FAMILY = "bigan"
+"""model.family when a recipe does not say."""
 
 
 def get_family(name: str) -> Family:

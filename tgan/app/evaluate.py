@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tgan.config import ConfigError, dump_yaml, load_config
+from tgan.config import ConfigError, apply_overrides, dump_yaml, parse_overrides
 from tgan.data.index import DataError
 from tgan.train.checkpoint import latest_checkpoint, load_networks
 
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
               "evaluation (the networks and their config come from the checkpoint)", file=sys.stderr)
         return 2
     # Imported here so that argument errors need neither torch's model code nor the data code.
+    from tgan.dist import resolve_device
     from tgan.eval.run import evaluate
-    from tgan.train.loop import resolve_device
 
     try:
         checkpoint = resolve_checkpoint(Path(args.checkpoint))
@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) if args.out else (run_dir or checkpoint) / "eval" / checkpoint.name
         out.mkdir(parents=True, exist_ok=True)
         # The checkpoint's config, with the overrides applied the same way as for training.
-        dump_yaml(saved, out / "config.yaml")
-        cfg = load_config(out / "config.yaml", args.overrides)
+        cfg = apply_overrides(saved, parse_overrides(args.overrides))
         dump_yaml(cfg, out / "config.yaml")
         device = resolve_device(cfg.train.device)
         for net in nets.values():
@@ -76,7 +75,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"written: {out / 'eval.json'}, {out / 'eval.md'}" +
           "".join(f", {p}" for p in result["pictures"].values()))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

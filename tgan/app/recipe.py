@@ -1,15 +1,12 @@
-"""The one-process command line: recipe + dotted overrides -> validated Config -> train -> evaluate.
+"""What every training command line shares: --config/--set/--dry-run and resolving them to a Config.
 
-    python -m tgan.train.cli --config launch/recipes/debug.yaml [--set key=value ...] [--dry-run]
-
-launch/train.py (cluster/cli.py) runs the same flags on Ray Train: both build their parser with
-`recipe_parser` and resolve the config (or print it for --dry-run) with `resolve_config`.
+Used by launch/train_local.py (tgan.app.train, one process) and by launch/train.py and launch/sweep.py
+(cluster.cli, on Ray), so a recipe and its overrides mean the same on every entry point.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import yaml
 
@@ -53,32 +50,3 @@ def world_arithmetic(cfg: Config) -> str:
                      f"{w * d.labelled_batch_size} labelled images per step (triplets are mined over all of them)")
     lines.append(f"images seen: {cfg.train.steps} steps x {w * d.batch_size} = {cfg.train.steps * w * d.batch_size}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = recipe_parser("Train a metric-learning GAN from a YAML recipe in this process, then evaluate it.")
-    p.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end of training")
-    args = p.parse_args(argv)
-    cfg = resolve_config(args)
-    if isinstance(cfg, int):
-        return cfg
-    # Imported here so that --dry-run and config errors need neither the data nor the model code.
-    from tgan.eval.run import evaluate, markdown_table
-    from tgan.train.loop import USER_ERRORS, train
-
-    try:
-        result = train(cfg)
-        table = None if args.no_eval else evaluate(cfg, result.nets, Path(cfg.train.out_dir) / "eval")
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    shown = {k: round(v, 4) for k, v in result.scalars.items() if k.startswith(("loss/", "perf/images"))}
-    print(f"done: {result.step} steps, checkpoint {result.checkpoint}, last {shown}")
-    if table is not None:
-        print(f"evaluation: {Path(cfg.train.out_dir) / 'eval'} (eval.json, eval.md, pictures)")
-        print(markdown_table(table) if table["rows"] else table["note"], end="")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
