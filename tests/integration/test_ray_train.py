@@ -192,3 +192,31 @@ def test_one_worker_runs_of_both_backends_repeat_the_one_process_losses(local_ra
         for a, b in zip(reference, rows):
             for key in keys:
                 assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (name, a["step"], key)
+
+
+def test_triplet_family_trains_resumes_and_evaluates_on_two_workers(local_ray, debug_cfg, tmp_path):
+    """tgan/families/triplet.py on 2 DDP workers: only E trains; a run stopped at step 2 and resumed
+    through Ray repeats the uninterrupted run's losses; step 1's loss is the one-process triplet loss
+    of the global labelled batch (cross-rank mining); the last checkpoint evaluates E."""
+    from tgan.data.streams import build_streams
+
+    common = ["model.family=triplet", "train.checkpoint_every=2", "cluster.metrics=false"]
+    run(debug_cfg(tmp_path / "full", *common))
+    half = tmp_path / "half"
+    run(debug_cfg(half, *common, "train.steps=2"))
+    cfg = debug_cfg(half, *common)
+    resumed = run(cfg, resume=True)
+    assert resumed.step == 4
+    full_rows, half_rows = _rows(tmp_path / "full"), _rows(half)
+    assert [r["step"] for r in half_rows] == [1, 2, 3, 4] and "loss/g" not in half_rows[0]
+    for a, b in zip(full_rows, half_rows):
+        for key in ("loss/triplet", "triplets", "grad_norm/E"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
+    batches = []
+    for rank in range(2):
+        streams = build_streams(cfg.data, rank=rank, world_size=2, seed=cfg.train.seed)
+        batches.append(next(streams.labelled))
+        streams.close()
+    assert half_rows[0]["loss/triplet"] == pytest.approx(one_process_step1_triplet_loss(cfg, batches), rel=1e-5)
+    table = evaluate_checkpoint(resumed.checkpoint, tmp_path / "eval")
+    assert list(table["rows"]) == ["model E", "random-init E", "raw pixels"]

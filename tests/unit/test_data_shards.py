@@ -143,6 +143,15 @@ def test_missing_index_and_missing_shard_name_the_file(tmp_path, shards):
         build_streams(_cfg(shards), rank=0, world_size=1, seed=0)
 
 
+def test_an_index_with_an_unknown_encoding_is_refused_naming_it(shards):
+    path = shards / "index.json"
+    index = json.loads(path.read_text())
+    assert load_index(shards).encoding == index["encoding"] == "png"
+    path.write_text(json.dumps({**index, "encoding": "jpeg"}))
+    with pytest.raises(DataError, match=r"index.json has encoding 'jpeg', this code reads png"):
+        load_index(shards)
+
+
 def test_flipped_byte_fails_the_sha256_check_naming_the_shard(shards):
     path = shards / "train-000002.tar"
     data = bytearray(path.read_bytes())

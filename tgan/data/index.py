@@ -14,6 +14,8 @@ from pathlib import Path
 
 INDEX_NAME = "index.json"
 FORMAT_VERSION = 1
+ENCODINGS = ("png",)
+"""Image encodings of the shards that tgan.data.codec decodes (index field `encoding`)."""
 
 
 class DataError(ValueError):
@@ -50,6 +52,7 @@ class DatasetIndex:
     splits: dict[str, SplitIndex]
     shard_size: int
     encoding: str = "png"
+    """How the images are stored in the shards; one of ENCODINGS (checked when the index is read)."""
     notes: dict = field(default_factory=dict)
     """Conversion choices worth knowing later (e.g. whether SVHN `extra` is included)."""
     format: int = FORMAT_VERSION
@@ -89,8 +92,11 @@ def index_from_dict(d: dict, root: Path | None = None) -> DatasetIndex:
     if d.get("format") != FORMAT_VERSION:
         raise DataError(f"{where} has format {d.get('format')!r}, this code reads {FORMAT_VERSION}: "
                         "rerun launch/prepare_data.py")
-    return DatasetIndex(**fields, splits=splits, encoding=d.get("encoding", "png"), notes=d.get("notes", {}),
-                        root=root)
+    encoding = d.get("encoding", "png")
+    if encoding not in ENCODINGS:
+        raise DataError(f"{where} has encoding {encoding!r}, this code reads {', '.join(ENCODINGS)}: "
+                        "rerun launch/prepare_data.py")
+    return DatasetIndex(**fields, splits=splits, encoding=encoding, notes=d.get("notes", {}), root=root)
 
 
 def load_index(shards_dir: str | Path) -> DatasetIndex:

@@ -27,8 +27,8 @@ class JointDiscriminator(nn.Module):
     """BiGAN/ALI D(x, z) -> logit [B]: conv trunk on x, MLP on z, joint MLP on the concatenation.
 
     No dropout (ALI used 0.2): dropout draws per-rank random masks, so W ranks of batch B would no
-    longer compute the same function as one process with batch W*B, which the exactness contract
-    (DESIGN.md) pins; BatchNorm in the trunk and LeakyReLU already regularise D as in DCGAN.
+    longer compute the same function as one process with batch W*B, which the 1-worker exactness test
+    (tests/integration/test_ray_train.py) pins; BatchNorm in the trunk and LeakyReLU already regularise D as in DCGAN.
     """
 
     def __init__(self, channels: int, image_size: int, width: float, latent_dim: int):
