@@ -125,7 +125,8 @@ class DeepSpeedBackend(Backend):
         def norm(name: str) -> torch.Tensor:
             # Full (reduced across ranks) gradient of every parameter, before clipping: the same value
             # on every rank, whatever the ZeRO stage partitioned.
-            parts = [g.float().norm(2) for p in self._raw[name].parameters() if (g := safe_get_full_grad(p)) is not None]
+            grads = [safe_get_full_grad(p) for p in self._raw[name].parameters()]
+            parts = [g.float().norm(2) for g in grads if g is not None]
             return torch.linalg.vector_norm(torch.stack(parts)) if parts else torch.zeros((), device=loss.device)
 
         # DeepSpeed clips (gradient_clipping) inside engine.step, so `apply` ignores the total norm.

@@ -21,7 +21,12 @@ from typing import Any
 
 import yaml
 
+from tgan.data.augment import AUGMENTATIONS
+from tgan.eval.probe import PROBES
 from tgan.families import DEFAULT_FAMILY, FAMILIES, get_family
+from tgan.losses.mbgan import L1_REDUCTIONS
+from tgan.losses.triplet import FORMS, MINERS
+from tgan.models.dcgan import SIZES as IMAGE_SIZES
 
 
 class ConfigError(ValueError):
@@ -31,6 +36,10 @@ class ConfigError(ValueError):
 def _check(ok: bool, name: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(f"{name}={value!r} is invalid: expected {expected}")
+
+
+def _one_of(values: tuple) -> str:
+    return "one of " + ", ".join(map(str, values))
 
 
 @dataclass(kw_only=True)
@@ -70,7 +79,7 @@ class DataConfig:
     """Check every shard's sha256 against the index before training starts."""
 
     def __post_init__(self) -> None:
-        _check(self.image_size in (8, 16, 28, 32, 64), "data.image_size", self.image_size, "one of 8, 16, 28, 32, 64")
+        _check(self.image_size in IMAGE_SIZES, "data.image_size", self.image_size, _one_of(IMAGE_SIZES))
         _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "an integer >= 1")
         _check(self.labelled_batch_size >= 0, "data.labelled_batch_size", self.labelled_batch_size, "an integer >= 0")
         if self.labelled_fraction is not None and self.labels_per_class is not None:
@@ -83,7 +92,7 @@ class DataConfig:
         _check(self.validation_size >= 0, "data.validation_size", self.validation_size, "an integer >= 0 (0 = none)")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
         _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
-        _check(self.augment in ("none", "flip", "crop_flip"), "data.augment", self.augment, "none, flip or crop_flip")
+        _check(self.augment in AUGMENTATIONS, "data.augment", self.augment, _one_of(AUGMENTATIONS))
 
     @property
     def has_labels(self) -> bool:
@@ -106,7 +115,7 @@ class ModelConfig:
     """Feed a one-hot class to G and D (MBGAN paper section 3.3); families without a conditional form refuse it."""
 
     def __post_init__(self) -> None:
-        _check(self.family in FAMILIES, "model.family", self.family, f"one of {', '.join(FAMILIES)}")
+        _check(self.family in FAMILIES, "model.family", self.family, _one_of(FAMILIES))
         _check(self.latent_dim >= 1, "model.latent_dim", self.latent_dim, "an integer >= 1")
         _check(self.embedding_dim >= 1, "model.embedding_dim", self.embedding_dim, "K >= 1")
         _check(self.width > 0, "model.width", self.width, "a number > 0")
@@ -135,11 +144,11 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         _check(self.triplet_weight >= 0, "loss.triplet_weight", self.triplet_weight, "a number >= 0")
-        _check(self.triplet_form in ("softmax", "hinge"), "loss.triplet_form", self.triplet_form, "softmax or hinge")
+        _check(self.triplet_form in FORMS, "loss.triplet_form", self.triplet_form, _one_of(FORMS))
         _check(self.triplet_margin >= 0, "loss.triplet_margin", self.triplet_margin, "a number >= 0")
-        _check(self.miner in ("all", "semihard", "hard"), "loss.miner", self.miner, "all, semihard or hard")
+        _check(self.miner in MINERS, "loss.miner", self.miner, _one_of(MINERS))
         _check(self.alpha >= 0, "loss.alpha", self.alpha, "a number >= 0")
-        _check(self.l1_reduction in ("mean", "sum"), "loss.l1_reduction", self.l1_reduction, "mean or sum")
+        _check(self.l1_reduction in L1_REDUCTIONS, "loss.l1_reduction", self.l1_reduction, _one_of(L1_REDUCTIONS))
         _check(self.g_steps_per_d_step >= 1, "loss.g_steps_per_d_step", self.g_steps_per_d_step, "an integer >= 1")
 
 
@@ -238,7 +247,7 @@ class EvalConfig:
         _check(self.max_k >= 1, "eval.max_k", self.max_k, "an integer >= 1")
         _check(self.every >= 0, "eval.every", self.every, "an integer >= 0 (0 = off)")
         _check(self.gallery_size >= 1, "eval.gallery_size", self.gallery_size, "an integer >= 1")
-        _check(self.probe in ("logreg", "svm"), "eval.probe", self.probe, "logreg or svm")
+        _check(self.probe in PROBES, "eval.probe", self.probe, _one_of(PROBES))
 
 
 @dataclass(kw_only=True)

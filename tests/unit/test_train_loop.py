@@ -119,7 +119,8 @@ class RecordingLoss(GANLoss):
 def test_phase_passes_trained_networks_and_frozen_raw_others_then_restores_them():
     nets = {"G": torch.nn.Linear(2, 2), "D": torch.nn.Linear(2, 1)}
     backend = TorchBackend()
-    d, g = Group("D", ("D",), RecordingLoss.d_loss, Role.DISCRIMINATOR), Group("G", ("G",), RecordingLoss.g_loss, Role.GENERATOR)
+    d = Group("D", ("D",), RecordingLoss.d_loss, Role.DISCRIMINATOR)
+    g = Group("G", ("G",), RecordingLoss.g_loss, Role.GENERATOR)
     backend.setup(nets, (d, g), OptimConfig(), torch.device("cpu"))
     loss = RecordingLoss()
     run = PhaseRunner(backend, loss, ["G", "D"])

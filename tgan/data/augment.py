@@ -9,12 +9,16 @@ import torch
 import torch.nn.functional as F
 
 
+AUGMENTATIONS = ("none", "flip", "crop_flip")
+"""data.augment values."""
+
+
 def augment(x: torch.Tensor, name: str, gen: torch.Generator) -> torch.Tensor:
     """x: float [B, C, H, W]. `flip`: horizontal flip with p=1/2. `crop_flip`: reflect-pad by H/8, crop a
     random HxW window (the usual CIFAR recipe), then flip."""
     if name == "none":
         return x
-    if name not in ("flip", "crop_flip"):
+    if name not in AUGMENTATIONS:
         raise ValueError(f"data.augment={name!r} is invalid: expected none, flip or crop_flip")
     b, _, h, w = x.shape
     if name == "crop_flip":

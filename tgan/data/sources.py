@@ -28,12 +28,12 @@ import numpy as np
 from PIL import Image
 
 from tgan.data.index import DataError
+from tgan.models.dcgan import SIZES as IMAGE_SIZES
 
 # `dataset_cls` below: the torchvision class to read with. Tests pass a subclass whose only change is the
 # md5 table, filled with the md5 of the small files they write; production uses the stock class.
 DATASETS = ("cifar10", "svhn", "celeba", "fashion-mnist", "digits")
 DEFAULT_SIZE = {"cifar10": 32, "svhn": 32, "celeba": 64, "fashion-mnist": 28, "digits": 32}
-IMAGE_SIZES = (8, 16, 28, 32, 64)
 CELEBA_CROP = 108
 
 
