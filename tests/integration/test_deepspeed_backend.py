@@ -41,11 +41,11 @@ def _run(backend, rank, out_dir=None, steps=STEPS):
     torch.manual_seed(0)
     nets = family.build_networks(MODEL, channels=1, image_size=SIDE, num_classes=3)
     backend.setup(nets, family.groups_in_order, OPTIM, torch.device("cpu"))
-    run = PhaseRunner(backend, family.groups, family.make_loss(LossConfig(), MODEL, 3), list(nets))
+    run = PhaseRunner(backend, family.make_loss(LossConfig(), MODEL, 3), list(nets))
     torch.manual_seed(1 + rank)
     losses = []
     for batch in _batches(rank)[:steps]:
-        for group in family.groups:
+        for group in family.groups_in_order:
             scalars, result = run(group, batch)
             assert result.finite
             losses += [scalars[k] for k in sorted(scalars)] + [result.grad_norms[n] for n in sorted(result.grad_norms)]

@@ -8,19 +8,16 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tgan import dist
-from tgan.config import ConfigError
+from tgan.config import Config, ConfigError, LossConfig, ModelConfig, OptimConfig
 from tgan.losses.base import Batch, Nets, sample_z
 from tgan.models.dcgan import BASE_SIDE
-
-if TYPE_CHECKING:
-    from tgan.config import Config, LossConfig, ModelConfig, OptimConfig  # noqa: F401
 
 
 class Role(enum.Enum):

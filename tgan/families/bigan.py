@@ -5,9 +5,9 @@ from pathlib import Path
 
 from torch import nn
 
+from tgan.eval.pictures import grad_norm_plot, interpolation, reconstructions, sample_grid
 from tgan.families.base import Family, Group, PictureInputs, Role
 from tgan.losses.bigan import BiGANLoss
-from tgan.eval.pictures import grad_norm_plot, interpolation, reconstructions, sample_grid
 from tgan.models.dcgan import Generator
 from tgan.models.networks import Encoder, JointDiscriminator
 
