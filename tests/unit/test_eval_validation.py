@@ -10,7 +10,7 @@ from tgan.config import load_config
 from tgan.data.streams import build_streams
 from tgan.eval.metrics import retrieval_metrics
 from tgan.eval.validation import validation_keys
-from tgan.models.registry import get_family
+from tgan.families import get_family
 from tgan.train.checkpoint import load_networks
 from tgan.train.loop import train
 
