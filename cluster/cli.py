@@ -1,6 +1,6 @@
 """launch/train.py: recipe + dotted overrides -> Ray Train run (local Ray, RAY_ADDRESS or `ray job
 submit`) -> evaluation table. The flags are the one-process CLI's (tgan.app.recipe) plus --resume.
-launch/sweep.py (`sweep_main`): the same flags plus --grid -> a Ray Tune sweep of such runs."""
+launch/sweep.py (`sweep_main`): the same flags plus --sweep SPEC / --grid -> a Ray Tune sweep of such runs."""
 from __future__ import annotations
 
 import sys
@@ -40,30 +40,68 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def sweep_main(argv: list[str] | None = None) -> int:
-    """launch/sweep.py: a Ray Tune grid over config fields, one tgan Ray Train run per point."""
-    p = recipe_parser("Sweep config fields with Ray Tune: one Ray Train run per grid point, ranked by "
-                      "its evaluation.")
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", required=True,
-                   help="values of one field, repeatable (e.g. --grid loss.alpha=0.2,2,20 "
-                        "--grid model.embedding_dim=100,500 --grid data.labelled_fraction=0.01,0.1)")
-    p.add_argument("--metric", default="map", help="rank trials by map, knn9 or probe (default map)")
-    p.add_argument("--max-concurrent", type=int, default=0,
-                   help="trials at once (default: as many as the cluster's CPUs hold)")
+    """launch/sweep.py: a Ray Tune sweep of tgan Ray Train runs, as a spec (or --grid) says."""
+    p = recipe_parser("Sweep config fields with Ray Tune: one Ray Train run per trial, compared on live "
+                      "validation metrics; the best trial is evaluated on test once.")
+    p.add_argument("--sweep", metavar="SPEC", help="sweep spec, e.g. launch/sweeps/debug.yaml (see cluster/sweep_spec.py)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="shortcut: a grid over one field, repeatable (e.g. --grid loss.alpha=0.2,2,20); added "
+                        "to the spec's space, or a fifo grid sweep on --metric without --sweep")
+    p.add_argument("--metric", default="val/map", help="with --grid alone: the validation metric to rank on")
+    p.add_argument("--resume", action="store_true",
+                   help="finish the interrupted sweep in train.out_dir: unfinished trials continue from "
+                        "their checkpoints, finished ones are kept")
     args = p.parse_args(argv)
-    cfg = resolve_config(args)
-    if isinstance(cfg, int):
-        return cfg
-    from cluster.ray_env import ClusterError
-    from cluster.sweep import markdown, parse_grid, sweep
+    from cluster.sweep_spec import Domain, grid_spec, load_spec
     from tgan.config import ConfigError
 
     try:
         grid = parse_grid(args.grid)
-        trials = sweep(cfg, grid, metric=args.metric, max_concurrent=args.max_concurrent)
-    except (ClusterError, ConfigError) as e:
+        if args.sweep:
+            spec = load_spec(args.sweep)
+            spec.space.update({k: Domain("grid", v) for k, v in grid.items()})
+        elif grid:
+            spec = grid_spec(grid, args.metric)
+        else:
+            raise ConfigError("give a sweep spec (--sweep launch/sweeps/debug.yaml) or at least one --grid KEY=V1,V2")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    args.overrides = spec.overrides + args.overrides  # recipe < spec's set < command line
+    cfg = resolve_config(args)
+    if isinstance(cfg, int):
+        return cfg
+    from cluster.ray_env import ClusterError
+    from cluster.sweep import sweep
+    from cluster.sweep_report import finish
+    from tgan.train.loop import USER_ERRORS
+
+    try:
+        results, base = sweep(cfg, spec, resume=args.resume)
+        rows = finish(results, base, spec)
+    except (ClusterError, *USER_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
-    print(f"sweep of {len(trials)} trials in {Path(cfg.train.out_dir).resolve()} (one directory per trial; "
-          f"Tune's state in tune/), best {args.metric} first:")
-    print(markdown(trials, grid), end="")
-    return 0 if all(t.error is None for t in trials) else 1
+    out = Path(base.train.out_dir)
+    print(f"sweep of {len(rows)} trials in {out} (trials/<id>: one run each; Tune's state in tune/); "
+          f"sweep.csv, sweep.md, plots/; best {spec.metric} first:")
+    print((out / "sweep.md").read_text(), end="")
+    return 0 if all(r.error is None for r in rows) else 1
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """["loss.alpha=0.2,2,20", "model.embedding_dim=100,500"] -> {"loss.alpha": [0.2, 2, 20], ...}."""
+    import yaml
+
+    from tgan.config import ConfigError
+
+    grid: dict[str, list] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
+        if not sep or not key.strip() or not values:
+            raise ConfigError(f"--grid {item!r} is not of the form section.field=v1,v2,... (e.g. --grid loss.alpha=0.2,2,20)")
+        if key in grid:
+            raise ConfigError(f"--grid {key} is given twice: list all its values in one --grid")
+        grid[key.strip()] = values
+    return grid

@@ -1,127 +1,200 @@
-"""Ray Tune sweeps of tgan runs: a grid over any config fields (alpha, K, the labelled fraction...).
+"""Ray Tune sweeps of tgan runs, as a sweep spec says (cluster/sweep_spec.py): grid, random or Optuna
+search over dotted config keys, fifo, ASHA or PBT scheduling on a live validation metric.
 
 Ray Train V2's pattern for Tune: every trial is a small driver function (`_trial`) that builds the
-trial's config, launches one full tgan Ray Train run (`cluster.trainer.run`: DDP or DeepSpeed over
-cluster.num_workers workers) and evaluates its last checkpoint; it reports the evaluation to Tune
-once, at the end. The trials are compared on the evaluation (mAP, 9-NN, linear probe of the
-model's first feature set), not on GAN losses, which say little about feature quality. Schedulers
-that stop trials early (ASHA) would need intermediate reports and are not wired in.
+trial's config and runs one full tgan Ray Train run (DDP or DeepSpeed over the spec's workers).
+A Train callback (`_ToTune`, in Train's controller) hands every report of the run to the trial, which
+passes those that carry the validation metric on to Tune with `ray.tune.report`, together with the
+newest checkpoint Train stored since. So schedulers see the metric during training: ASHA stops a
+trial mid-run, PBT copies a better trial's checkpoint into a worse one, and a failed or interrupted
+trial is restarted from its own last checkpoint (`tune.get_checkpoint()`), which the trial copies
+into its out_dir and resumes from (a new Ray Train run name each start, so Train never silently
+restores an older state).
 
-Each trial writes into <train.out_dir>/<trial tag> (its own checkpoints, metrics.jsonl, eval/);
-Tune's own state goes to <train.out_dir>/tune. A trial's driver holds no CPU of its own, so its
-workers get the cluster's CPUs; `max_concurrent` trials run side by side.
+Each trial writes into <train.out_dir>/trials/<trial id> (checkpoints, metrics.jsonl, config.yaml);
+Tune's own state goes to <train.out_dir>/tune (what --resume restores). The trial driver holds no
+CPU of its own, so its workers get the cluster's CPUs. After the sweep the best trial (by the spec's
+metric, its last value) is evaluated once on the test split; see cluster/sweep_report.py.
 """
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
+import shutil
+import threading
+import uuid
 from pathlib import Path
-from typing import Any
 
-import yaml
+from cluster.sweep_spec import SweepSpec, check_spec, trial_config
+from tgan.config import Config, config_from_dict
+from tgan.train import checkpoint as ckpt
 
-from tgan.config import Config, ConfigError, apply_overrides, config_from_dict
-
-METRICS = {"map": "mAP", "knn9": "9-NN accuracy", "probe": "linear-probe accuracy"}
-
-
-def parse_grid(items: list[str]) -> dict[str, list]:
-    """["loss.alpha=0.2,2,20", "model.embedding_dim=100,500"] -> {"loss.alpha": [0.2, 2, 20], ...}."""
-    grid: dict[str, list] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
-        if not sep or not key.strip() or not values:
-            raise ConfigError(f"--grid {item!r} is not of the form section.field=v1,v2,... (e.g. --grid loss.alpha=0.2,2,20)")
-        if key in grid:
-            raise ConfigError(f"--grid {key} is given twice: list all its values in one --grid")
-        grid[key.strip()] = values
-    return grid
+TUNE_DIR = "tune"
 
 
-def trial_config(base: Config, point: dict[str, Any]) -> Config:
-    """`base` with the grid point's values and its own train.out_dir (<out_dir>/<tag>), validated.
+def _ray_train_callback():
+    """_ToTune is a Ray Train UserCallback; defined lazily so importing this module starts no Ray."""
+    from ray.train import UserCallback
 
-    The two exclusive ways of choosing the labelled subset replace each other: a point that sets
-    data.labelled_fraction clears the recipe's data.labels_per_class, and the other way round.
-    """
-    overrides = {}
-    for key, other in (("data.labelled_fraction", "labels_per_class"), ("data.labels_per_class", "labelled_fraction")):
-        if key in point and f"data.{other}" not in point:
-            overrides[f"data.{other}"] = None
-    tag = "_".join(f"{key.split('.')[-1]}={value}" for key, value in point.items())
-    return apply_overrides(base, {**overrides, **point, "train.out_dir": str(Path(base.train.out_dir) / tag)})
+    class _ToTune(UserCallback):
+        """Runs in Ray Train's controller: puts rank 0's metrics and the stored checkpoint's path on the queue."""
 
+        def __init__(self, queue):
+            self.queue = queue
 
-def check_grid(base: Config, grid: dict[str, list]) -> None:
-    """Every point of the grid must be a valid config: fail before any trial starts."""
-    for combo in itertools.product(*grid.values()):
-        trial_config(base, dict(zip(grid, combo)))
+        def after_report(self, run_context, metrics, checkpoint):
+            self.queue.put((metrics[0], checkpoint.path if checkpoint is not None else None))
+
+    return _ToTune
 
 
-def _trial(params: dict) -> None:
-    """One Tune trial: a tgan Ray Train run, evaluated; reports the evaluation once."""
-    import ray.tune
-
-    from cluster.trainer import evaluate_checkpoint, run
-
-    point = {key: value for key, value in params.items() if key != "base"}
-    cfg = trial_config(config_from_dict(params["base"]), point)
-    result = run(cfg)
-    table = evaluate_checkpoint(result.checkpoint, Path(cfg.train.out_dir) / "eval")
-    name, row = next((n, r) for n, r in table["rows"].items() if n.startswith("model "))
-    ray.tune.report({"step": result.step, "features": name, "map": row["map"], "knn9": row["knn"].get("9"),
-                     "probe": row["probe_accuracy"], "out_dir": cfg.train.out_dir})
-
-
-@dataclass
-class Trial:
-    point: dict[str, Any]
-    metrics: dict[str, Any]
-    error: str | None
+def _adopt(restored, out: Path) -> Path:
+    """Copy the checkpoint Tune restarts this trial from (its own last one, or under PBT a better
+    trial's) into out/checkpoints, dropping any of this trial's own checkpoints from its step on
+    (the resumed run redoes those steps, and train.resume=auto must not pick a stale later one)."""
+    with restored.as_directory() as src:
+        step = int(ckpt.load_checkpoint(src)["step"])
+        for later in ckpt.list_checkpoints(out):
+            if int(later.name[len(ckpt.PREFIX):]) >= step:
+                shutil.rmtree(later)
+        dest = ckpt.checkpoint_dir(out) / f"{ckpt.PREFIX}{step:08d}"
+        shutil.copytree(src, dest)
+    return dest
 
 
-def sweep(base: Config, grid: dict[str, list], *, metric: str = "map", max_concurrent: int = 0) -> list[Trial]:
-    """Run every grid point as a trial; returns them best first by `metric` (failed trials last)."""
+def _trial(point: dict, *, base: dict, metric: str) -> None:
+    """One Tune trial: a tgan Ray Train run whose validation reports (and checkpoints) go to Tune."""
+    from ray import tune
+    from ray.util.queue import Queue
+
+    from cluster import ray_env
+    from cluster.trainer import build_trainer, user_error
+
+    cfg = config_from_dict(base)
+    out = Path(cfg.train.out_dir) / "trials" / tune.get_context().get_trial_id()
+    cfg = trial_config(cfg, point, out)
+    restored = tune.get_checkpoint()
+    origin = {}
+    if restored is not None:
+        adopted = _adopt(restored, out)
+        state = ckpt.load_checkpoint(adopted)
+        # Which trial's checkpoint this start continues (its own, or under PBT a better trial's).
+        origin = {"started_from": Path(state["config"]["train"]["out_dir"]).name, "started_at": int(state["step"])}
+        cfg = trial_config(cfg, {"train.resume": str(adopted)}, out)
+
+    queue = Queue(actor_options={"num_cpus": 0})
+    trainer = build_trainer(cfg, ray_env.storage_path(cfg.cluster, out), name=f"train_{uuid.uuid4().hex[:8]}",
+                            callbacks=[_ray_train_callback()(queue)])
+    failure: list[BaseException] = []
+
+    def fit() -> None:
+        from ray.train.v2.api.exceptions import WorkerGroupError
+
+        try:
+            trainer.fit()
+        except WorkerGroupError as e:
+            failure.append(user_error(e))
+        except BaseException as e:  # handed to the trial's thread, which raises it to Tune
+            failure.append(e)
+        finally:
+            queue.put(None)
+
+    threading.Thread(target=fit, daemon=True).start()
+    pending = None
+    while (item := queue.get()) is not None:
+        metrics, stored = item
+        pending = stored or pending
+        if metric in metrics:
+            checkpoint = tune.Checkpoint(pending) if pending else None
+            tune.report({**metrics, **origin, "out_dir": str(out)}, checkpoint=checkpoint)
+            pending = None
+    if failure:
+        raise failure[0]
+
+
+def _domain(domain):
+    from ray import tune
+
+    kind, values = domain.kind, domain.values
+    if kind == "grid":
+        return tune.grid_search(values)
+    if kind == "choice":
+        return tune.choice(values)
+    return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](*values)
+
+
+def _scheduler(spec: SweepSpec, steps: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    if spec.scheduler == "asha":
+        return ASHAScheduler(time_attr="step", max_t=steps, **spec.asha)
+    if spec.scheduler == "pbt":
+        mutations = {k: (d.values if d.kind in ("grid", "choice") else _domain(d)) for k, d in spec.mutations.items()}
+        return PopulationBasedTraining(time_attr="step", perturbation_interval=spec.pbt_interval,
+                                       hyperparam_mutations=mutations, synch=spec.pbt_synch)
+    return FIFOScheduler()
+
+
+def _search(spec: SweepSpec):
+    if spec.search != "optuna":
+        return None
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(seed=0)
+
+
+def max_trials_at_once(cfg: Config, cluster: dict[str, float]) -> int:
+    """How many trials' worker groups the cluster holds at once, counting CPUs and (use_gpu) GPUs."""
+    c = cfg.cluster
+    fits = [cluster.get("CPU", 0.0) // (c.num_workers * c.cpus_per_worker)]
+    if c.use_gpu:
+        fits.append(cluster.get("GPU", 0.0) // (c.num_workers * c.gpus_per_worker))
+    return max(1, int(min(fits)))
+
+
+def tuner(base: Config, spec: SweepSpec, *, resume: bool):
+    """The Tuner of the sweep: a fresh one, or (resume) the interrupted one restored from <out_dir>/tune."""
     import ray
     from ray import tune
 
-    from cluster import ray_env
+    trainable = tune.with_resources(tune.with_parameters(_trial, base=base.to_dict(), metric=spec.metric),
+                                    {"CPU": 0, "memory": 1 << 20})  # a bundle may not be empty
+    path = str(Path(base.train.out_dir) / TUNE_DIR)
+    if resume:
+        # Finished trials stay as they are; unfinished and failed ones continue from their last checkpoint.
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    concurrent = spec.max_concurrent or max_trials_at_once(base, ray.cluster_resources())
+    return tune.Tuner(
+        trainable,
+        param_space={key: _domain(d) for key, d in spec.space.items()},
+        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=_search(spec),
+                                    scheduler=_scheduler(spec, base.train.steps), num_samples=spec.num_samples,
+                                    max_concurrent_trials=concurrent, reuse_actors=False),
+        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=base.train.out_dir, verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+
+
+def prepare(base: Config, spec: SweepSpec, *, resume: bool) -> Config:
+    """The base config of every trial (spec checked, paths absolute), and the sweep directory checked."""
+    from cluster.ray_env import ClusterError
     from cluster.trainer import absolute_paths
 
-    if metric not in METRICS:
-        raise ConfigError(f"--metric {metric!r} is invalid: expected one of {', '.join(METRICS)}")
-    if not grid:
-        raise ConfigError("a sweep needs at least one --grid section.field=v1,v2,...")
     base = absolute_paths(base)
-    check_grid(base, grid)
+    check_spec(spec, base)
+    state = Path(base.train.out_dir) / TUNE_DIR
+    if resume and not state.is_dir():
+        raise ClusterError(f"--resume: {state} holds no sweep to resume (start it without --resume)")
+    if not resume and state.exists():
+        raise ClusterError(f"train.out_dir={base.train.out_dir!r} already holds a sweep ({state}): pass --resume "
+                           "to finish it, or choose a new train.out_dir")
+    return base
+
+
+def sweep(base: Config, spec: SweepSpec, *, resume: bool = False):
+    """Run the sweep (or finish an interrupted one); returns the ResultGrid and the base config used."""
+    from cluster import ray_env
+
+    base = prepare(base, spec, resume=resume)
     ray_env.connect()
     ray_env.check_resources(base.cluster)
-    if max_concurrent <= 0:  # as many trials as the cluster's CPUs hold at once
-        per_trial = base.cluster.num_workers * base.cluster.cpus_per_worker
-        max_concurrent = max(1, int(ray.cluster_resources().get("CPU", 0) // per_trial))
-    tuner = tune.Tuner(
-        tune.with_resources(_trial, {"CPU": 0, "memory": 1 << 20}),  # a bundle may not be empty
-        param_space={"base": base.to_dict(), **{key: tune.grid_search(values) for key, values in grid.items()}},
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
-        run_config=tune.RunConfig(name="tune", storage_path=base.train.out_dir, verbose=0))
-    results = tuner.fit()
-    trials = [Trial({key: r.config[key] for key in grid}, dict(r.metrics or {}),
-                    None if r.error is None else str(r.error).strip().splitlines()[-1]) for r in results]
-    return sorted(trials, key=lambda t: (t.error is not None, -(t.metrics.get(metric) or 0.0)))
+    return tuner(base, spec, resume=resume).fit(), base
 
-
-def markdown(trials: list[Trial], grid: dict[str, list]) -> str:
-    keys = list(grid)
-    lines = [f"| {' | '.join(keys)} | steps | mAP | 9-NN | probe | features |",
-             "| " + " | ".join("---" for _ in keys) + " | ---: | ---: | ---: | ---: | --- |"]
-    for t in trials:
-        cells = " | ".join(str(t.point[k]) for k in keys)
-        if t.error:
-            lines.append(f"| {cells} | failed: {t.error} | | | | |")
-            continue
-        m = t.metrics
-        knn9 = "-" if m.get("knn9") is None else f"{100 * m['knn9']:.2f}"
-        lines.append(f"| {cells} | {m['step']} | {100 * m['map']:.2f} | {knn9} | {100 * m['probe']:.2f} | "
-                     f"{m['features']} |")
-    return "\n".join(lines) + "\n"

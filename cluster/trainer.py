@@ -126,8 +126,10 @@ def check_run_dir(cfg: Config, run_dir: str, resume: bool) -> None:
                                    "continue it, or choose a new train.out_dir")
 
 
-def build_trainer(cfg: Config, storage: str, worker=train_worker) -> TorchTrainer:
-    """The TorchTrainer of `cfg` (benchmarks pass their own instrumented `worker`)."""
+def build_trainer(cfg: Config, storage: str, worker=train_worker, *, name: str | None = None,
+                  callbacks: list | None = None) -> TorchTrainer:
+    """The TorchTrainer of `cfg` (benchmarks pass their own instrumented `worker`). `name`: the Ray run
+    directory under `storage` (default the out_dir's name); `callbacks`: Ray Train UserCallbacks."""
     c = cfg.cluster
     resources = {"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}
     return TorchTrainer(
@@ -136,7 +138,7 @@ def build_trainer(cfg: Config, storage: str, worker=train_worker) -> TorchTraine
         torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=Path(cfg.train.out_dir).name, storage_path=storage,
+            name=name or Path(cfg.train.out_dir).name, storage_path=storage, callbacks=callbacks,
             failure_config=FailureConfig(max_failures=c.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             worker_runtime_env={"env_vars": ray_env.worker_env(c)}))

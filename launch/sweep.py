@@ -1,7 +1,8 @@
-"""Sweep with Ray Tune: python launch/sweep.py --config RECIPE --grid loss.alpha=0.2,2,20 [--grid ...] [--set k=v]
+"""Sweep with Ray Tune: python launch/sweep.py --config RECIPE --sweep launch/sweeps/SPEC.yaml [--grid k=v1,v2] [--set k=v] [--resume]
 
-Every grid point is one Ray Train run of the recipe (see launch/train.py), evaluated at its end;
-the table of trials is printed best first (--metric map | knn9 | probe).
+Every trial is one Ray Train run of the recipe (see launch/train.py) reporting live validation
+metrics to Tune; the spec (launch/sweeps/, format in cluster/sweep_spec.py) picks the search and the
+scheduler. Writes sweep.csv, sweep.md and plots/ into train.out_dir and prints the table best first.
 """
 import sys
 from pathlib import Path
