@@ -7,6 +7,7 @@ so both are checked here with a bounded wait and a message naming the setting to
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -98,8 +99,7 @@ def check_resources(cfg: ClusterConfig) -> None:
     """Fail now, naming the setting, when the cluster cannot place `cfg.num_workers` workers.
 
     Each worker needs cpus_per_worker CPUs (and gpus_per_worker GPUs when use_gpu) on one node; the
-    whole group needs num_workers times that. An autoscaling cluster that has not grown yet fails
-    this check too: start its nodes first (KubeRay minReplicas) so the request is visible.
+    whole group needs num_workers times that. (`ensure_resources` first lets an autoscaler grow.)
     """
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     total_cpu = sum(n.get("CPU", 0.0) for n in nodes)
@@ -120,6 +120,75 @@ def check_resources(cfg: ClusterConfig) -> None:
                            f"= {need_cpu:g} CPUs but {where}: lower cluster.num_workers or cluster.cpus_per_worker")
     if not any(n.get("CPU", 0.0) >= cfg.cpus_per_worker for n in nodes):
         raise ClusterError(f"cluster.cpus_per_worker={cfg.cpus_per_worker:g} CPUs fit on no single node ({where})")
+
+
+def autoscaler_node_types() -> list[str]:
+    """Node types the cluster's autoscaler manages; empty when none runs.
+
+    Read from the status the autoscaler publishes in Ray's internal KV (what `ray status` prints). A
+    cluster started without an autoscaling config runs Ray's read-only provider, which names every
+    node's type "node_<node id>": such a cluster cannot grow.
+    """
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(AUTOSCALING_STATUS_KEY)
+    report = (json.loads(raw).get("autoscaler_report") or {}) if raw else {}
+    mapping = report.get("node_type_mapping") or {}
+    return sorted({kind for node, kind in mapping.items() if kind != f"node_{node}"})
+
+
+AUTOSCALING_STATUS_KEY = "__autoscaling_status"
+PROGRESS_EVERY_S = 10.0
+
+
+def _available(cfg: ClusterConfig) -> tuple[str, str, float]:
+    """('<n> available', 'GPU' or 'CPU', per-worker amount) of the resource the run waits for."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    kind = "GPU" if cfg.use_gpu else "CPU"
+    per_worker = cfg.gpus_per_worker if cfg.use_gpu else cfg.cpus_per_worker
+    return f"{sum(n.get(kind, 0.0) for n in nodes):g} available", kind, per_worker
+
+
+def ensure_resources(cfg: ClusterConfig, *, groups: int = 1) -> None:
+    """check_resources, after letting an autoscaler grow the cluster for `groups` worker groups.
+
+    Without an autoscaler (or with cluster.autoscale_timeout_s=0) this is check_resources: it fails
+    at once. With one, the shortfall is requested (ray.autoscaler.sdk.request_resources) and waited
+    for, at most cluster.autoscale_timeout_s, printing progress; the request is withdrawn once the
+    nodes are there (the run's own placement groups then keep them busy).
+    """
+    try:
+        check_resources(cfg)
+        return
+    except ClusterError as shortfall:
+        if cfg.autoscale_timeout_s <= 0 or not autoscaler_node_types():
+            raise
+        first = shortfall
+    from ray.autoscaler.sdk import request_resources
+
+    bundle = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
+    request_resources(bundles=[bundle] * (cfg.num_workers * groups))
+    start = time.monotonic()
+    last_print = -PROGRESS_EVERY_S
+    try:
+        while True:
+            try:
+                check_resources(cfg)
+                return
+            except ClusterError:
+                waited = time.monotonic() - start
+                have, kind, per_worker = _available(cfg)
+                if waited >= cfg.autoscale_timeout_s:
+                    raise ClusterError(f"the autoscaler did not grow the cluster within cluster.autoscale_timeout_s="
+                                       f"{cfg.autoscale_timeout_s:g} ({have} {kind}s): {first}") from None
+                if waited - last_print >= PROGRESS_EVERY_S:
+                    need = cfg.num_workers * groups * per_worker
+                    print(f"waiting for {need:g} {kind}s: {have} ({waited:.0f} s of "
+                          f"cluster.autoscale_timeout_s={cfg.autoscale_timeout_s:g})", flush=True)
+                    last_print = waited
+                time.sleep(1.0)
+    finally:
+        request_resources(bundles=[])
 
 
 def storage_path(cfg: ClusterConfig, out_dir: str | Path) -> str:

@@ -195,6 +195,6 @@ def sweep(base: Config, spec: SweepSpec, *, resume: bool = False):
 
     base = prepare(base, spec, resume=resume)
     ray_env.connect()
-    ray_env.check_resources(base.cluster)
+    ray_env.ensure_resources(base.cluster, groups=spec.max_concurrent or 1)
     return tuner(base, spec, resume=resume).fit(), base
 

@@ -166,7 +166,7 @@ def run(cfg: Config, *, resume: bool = False) -> RunResult:
     run_dir = f"{storage.rstrip('/')}/{Path(cfg.train.out_dir).name}"
     check_run_dir(cfg, run_dir, resume)
     conn = ray_env.connect()
-    ray_env.check_resources(cfg.cluster)
+    ray_env.ensure_resources(cfg.cluster)
     if conn.metrics_url:
         print(f"metrics (Prometheus format): {conn.metrics_url}", flush=True)
     try:

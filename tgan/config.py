@@ -269,6 +269,9 @@ class ClusterConfig:
     """DeepSpeed config section merged into each engine's config (zero_optimization, bf16, fp16, ...)."""
     metrics: bool = True
     """Export Prometheus metrics through Ray's per-node metrics endpoint."""
+    autoscale_timeout_s: float = 600.0
+    """When the cluster lacks the run's CPUs/GPUs and an autoscaler runs, ask it for them and wait at most
+    this long (progress every 10 s); without an autoscaler, or at 0, fail at once naming the shortfall."""
     report_every: int = 0
     """Steps between ray.train.report calls (what Ray Train and Tune see); checkpoints are always
     reported; 0 = every train.log_every steps. Ray Train's controller takes about one report per 2 s
@@ -279,6 +282,8 @@ class ClusterConfig:
         _check(self.num_workers >= 1, "cluster.num_workers", self.num_workers, "an integer >= 1")
         _check(self.cpus_per_worker > 0, "cluster.cpus_per_worker", self.cpus_per_worker, "a number > 0")
         _check(self.max_failures >= -1, "cluster.max_failures", self.max_failures, "an integer >= -1")
+        _check(self.autoscale_timeout_s >= 0, "cluster.autoscale_timeout_s", self.autoscale_timeout_s,
+               "a number of seconds >= 0 (0 = never wait)")
         _check(self.report_every >= 0, "cluster.report_every", self.report_every, "an integer >= 0 (0 = train.log_every)")
 
 

@@ -92,3 +92,12 @@ def test_cloud_yaml_turns_token_authentication_on_with_the_token_file():
     assert "-e RAY_AUTH_MODE=token" in options
     path = options.split("RAY_AUTH_TOKEN_PATH=")[1].split()[0]
     assert cloud["file_mounts"][path] == "~/.ray/auth_token"
+
+
+def test_cloud_yaml_mounts_efs_on_the_host_and_fails_the_node_when_the_mount_fails():
+    cloud = yaml.safe_load(CLOUD.read_text())
+    init = cloud["initialization_commands"]
+    assert any("mount -t nfs4" in c and "/mnt/shared" in c for c in init)
+    assert init[-1] == "mountpoint /mnt/shared"  # exits non-zero, failing the node, when nothing is mounted
+    assert not any("mount" in c for c in cloud.get("setup_commands", []))  # inside the container: too late
+    assert "-v /mnt/shared:/mnt/shared" in cloud["docker"]["run_options"]
