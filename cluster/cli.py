@@ -78,6 +78,11 @@ def sweep_main(argv: list[str] | None = None) -> int:
 
     try:
         results, base = sweep(cfg, spec, resume=args.resume)
+        unfinished = len(results) - results.num_terminated - results.num_errors
+        if unfinished:  # Ctrl-C (or the driver was stopped): Tune saved its state
+            print(f"sweep interrupted with {unfinished} unfinished trial(s): finish it with the same command "
+                  "plus --resume", file=sys.stderr)
+            return 1
         rows = finish(results, base, spec)
     except (ClusterError, *USER_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)
