@@ -52,7 +52,7 @@ def sweep_main(argv: list[str] | None = None) -> int:
                    help="finish the interrupted sweep in train.out_dir: unfinished trials continue from "
                         "their checkpoints, finished ones are kept")
     args = p.parse_args(argv)
-    from cluster.sweep_spec import Domain, grid_spec, load_spec
+    from cluster.sweep_spec import Domain, grid_spec, load_spec, parse_grid
     from tgan.config import ConfigError
 
     try:
@@ -93,20 +93,3 @@ def sweep_main(argv: list[str] | None = None) -> int:
     print((out / "sweep.md").read_text(), end="")
     return 0 if all(r.error is None for r in rows) else 1
 
-
-def parse_grid(items: list[str]) -> dict[str, list]:
-    """["loss.alpha=0.2,2,20", "model.embedding_dim=100,500"] -> {"loss.alpha": [0.2, 2, 20], ...}."""
-    import yaml
-
-    from tgan.config import ConfigError
-
-    grid: dict[str, list] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
-        if not sep or not key.strip() or not values:
-            raise ConfigError(f"--grid {item!r} is not of the form section.field=v1,v2,... (e.g. --grid loss.alpha=0.2,2,20)")
-        if key in grid:
-            raise ConfigError(f"--grid {key} is given twice: list all its values in one --grid")
-        grid[key.strip()] = values
-    return grid

@@ -172,6 +172,20 @@ def load_spec(path: str | Path) -> SweepSpec:
     return parse_spec(yaml.safe_load(p.read_text()), source=str(p))
 
 
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """["loss.alpha=0.2,2,20", "model.embedding_dim=100,500"] -> {"loss.alpha": [0.2, 2, 20], ...}."""
+    grid: dict[str, list] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
+        if not sep or not key.strip() or not values:
+            raise ConfigError(f"--grid {item!r} is not of the form section.field=v1,v2,... (e.g. --grid loss.alpha=0.2,2,20)")
+        if key in grid:
+            raise ConfigError(f"--grid {key} is given twice: list all its values in one --grid")
+        grid[key.strip()] = values
+    return grid
+
+
 def grid_spec(grid: dict[str, list], metric: str = "val/map") -> SweepSpec:
     """The spec of the --grid shortcut: a grid over these values, fifo, ranked on `metric`."""
     return SweepSpec(space={k: Domain("grid", v) for k, v in grid.items()}, source="--grid", metric=metric)

@@ -21,7 +21,7 @@ from cluster.sweep_report import finish
 from cluster.sweep_spec import parse_spec
 from cluster.trainer import run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def fake_pool_config(gcs_address: str) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.cli import parse_grid
+from cluster.sweep_spec import parse_grid
 from cluster.sweep import max_trials_at_once
 from cluster.sweep_spec import check_spec, load_spec, parse_spec, trial_config
 from tgan.config import ConfigError, load_config
