@@ -26,7 +26,6 @@ with one line naming the spec file and field.
 """
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import math
@@ -36,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from tgan.config import Config, ConfigError, config_from_dict
+from tgan.config import Config, ConfigError, apply_overrides
 from tgan.eval.validation import validation_keys
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -191,30 +190,17 @@ def grid_spec(grid: dict[str, list], metric: str = "val/map") -> SweepSpec:
     return SweepSpec(space={k: Domain("grid", v) for k, v in grid.items()}, source="--grid", metric=metric)
 
 
-def _set(values: dict, dotted: str, value: Any) -> None:
-    *sections, name = dotted.split(".")
-    node = values
-    for s in sections:
-        node = node.setdefault(s, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"unknown key {dotted}: {s} is not a config section")
-    node[name] = value
-
-
 def trial_config(base: Config, point: dict[str, Any], out_dir: str | Path) -> Config:
     """`base` with the point's values and train.out_dir = `out_dir`, validated.
 
     The two exclusive ways of choosing the labelled subset replace each other: a point that sets
     data.labelled_fraction clears the recipe's data.labels_per_class, and the other way round.
     """
-    values = copy.deepcopy(base.to_dict())
+    cleared = {}
     for key, other in (("data.labelled_fraction", "labels_per_class"), ("data.labels_per_class", "labelled_fraction")):
         if key in point and f"data.{other}" not in point:
-            values["data"][other] = None
-    for key, value in point.items():
-        _set(values, key, value)
-    values["train"]["out_dir"] = str(out_dir)
-    return config_from_dict(values)
+            cleared[f"data.{other}"] = None
+    return apply_overrides(base, {**cleared, **point, "train.out_dir": str(out_dir)})
 
 
 def check_spec(spec: SweepSpec, base: Config) -> None:
