@@ -135,6 +135,9 @@ class LossConfig:
     """Margin m of the hinge form and of semi-hard mining."""
     miner: str = "all"
     """Triplet miner over the global labelled batch: all, semihard or hard (batch-hard)."""
+    mining_memory_gb: float = 2.0
+    """Most memory (GiB) triplet mining may take per rank; a run whose estimate (printed by --dry-run,
+    for the worst label layout) is larger is refused before it starts."""
     alpha: float = 20.0
     """MBGAN: margin weight in h = alpha * ||x_j - G(z)||_1 (paper studies 0.2, 2, 20, 200)."""
     l1_reduction: str = "mean"
@@ -147,6 +150,7 @@ class LossConfig:
         _check(self.triplet_form in FORMS, "loss.triplet_form", self.triplet_form, _one_of(FORMS))
         _check(self.triplet_margin >= 0, "loss.triplet_margin", self.triplet_margin, "a number >= 0")
         _check(self.miner in MINERS, "loss.miner", self.miner, _one_of(MINERS))
+        _check(self.mining_memory_gb > 0, "loss.mining_memory_gb", self.mining_memory_gb, "a number > 0")
         _check(self.alpha >= 0, "loss.alpha", self.alpha, "a number >= 0")
         _check(self.l1_reduction in L1_REDUCTIONS, "loss.l1_reduction", self.l1_reduction, _one_of(L1_REDUCTIONS))
         _check(self.g_steps_per_d_step >= 1, "loss.g_steps_per_d_step", self.g_steps_per_d_step, "an integer >= 1")

@@ -1,5 +1,7 @@
 """Global triplet mining over 2 and 4 spawned gloo ranks equals one process on the concatenated batch.
 
+The reference is the dense miner tgan had before chunking (tests/dense_triplet.py); each rank mines
+only its own anchors, in chunks of one anchor in two of the scenarios.
 Each scenario pins, for every miner and form: the loss (1e-6), the triplet count, each rank's
 embedding gradient == W * its slice of the single-process gradient (the all_gather backward sums W
 identical copies), and, through a real DDP-wrapped Linear embedder, parameter gradients equal to
@@ -14,8 +16,9 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from dense_triplet import dense_triplet_loss as triplet_loss
+from tgan.losses import triplet
 from tgan.losses.mining import gather_rows, global_triplet_loss
-from tgan.losses.triplet import triplet_loss
 from spawned import leave
 
 COMBOS = [(form, miner) for form in ("softmax", "hinge") for miner in ("all", "semihard", "hard")]
@@ -27,10 +30,11 @@ def _data(labels):
     return torch.randn(len(labels), IN_DIM, generator=gen), torch.tensor(labels)
 
 
-def _worker(rank, world, init_file, sizes, labels, with_ddp):
+def _worker(rank, world, init_file, sizes, labels, with_ddp, chunk_bytes):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
+        triplet.CHUNK_BYTES = chunk_bytes
         x, y = _data(labels)
         lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
         emb_all = torch.nn.functional.linear(x, torch.ones(EMB_DIM, IN_DIM) / IN_DIM) + x[:, :EMB_DIM]
@@ -71,15 +75,16 @@ def _worker(rank, world, init_file, sizes, labels, with_ddp):
         dist.destroy_process_group()
 
 
-def _spawn(tmp_path, sizes, labels, with_ddp):
+def _spawn(tmp_path, sizes, labels, with_ddp, chunk_bytes=triplet.CHUNK_BYTES):
     assert sum(sizes) == len(labels)
-    mp.spawn(_worker, args=(len(sizes), str(tmp_path / "pg"), sizes, labels, with_ddp), nprocs=len(sizes), join=True)
+    mp.spawn(_worker, args=(len(sizes), str(tmp_path / "pg"), sizes, labels, with_ddp, chunk_bytes),
+             nprocs=len(sizes), join=True)
 
 
 @pytest.mark.timeout(120)
 def test_two_ranks_unequal_batches(tmp_path):
     labels = [0, 1, 0, 2, 1, -1, 2, 0, 1]  # rank 0: 6 rows, rank 1: 3 rows; one unlabelled row
-    _spawn(tmp_path, [6, 3], labels, with_ddp=True)
+    _spawn(tmp_path, [6, 3], labels, with_ddp=True, chunk_bytes=1)
 
 
 @pytest.mark.timeout(120)
@@ -92,4 +97,4 @@ def test_four_ranks_one_without_labelled_rows(tmp_path):
 def test_two_ranks_class_with_one_example(tmp_path):
     # class 3 has a single row, alone on rank 0: never anchor or positive, still a negative
     labels = [3, 0, 1, 0, 1, 1, 0]
-    _spawn(tmp_path, [1, 6], labels, with_ddp=False)
+    _spawn(tmp_path, [1, 6], labels, with_ddp=False, chunk_bytes=1)

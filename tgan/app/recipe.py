@@ -27,8 +27,11 @@ def recipe_parser(description: str) -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace) -> Config | int:
     """The validated Config, or the exit code when there is nothing to train: 0 after --dry-run
     printed the config, 2 after a config error was printed."""
+    from tgan.losses.mining import check_mining_memory  # torch, for the miner's own constants
+
     try:
         cfg = load_config(args.config, args.overrides)
+        check_mining_memory(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -41,6 +44,8 @@ def resolve_config(args: argparse.Namespace) -> Config | int:
 
 def world_arithmetic(cfg: Config) -> str:
     """How the per-rank batch sizes add up over cluster.num_workers ranks."""
+    from tgan.losses.mining import mining_summary
+
     w, d = cfg.cluster.num_workers, cfg.data
     lines = [f"world size: {w} (cluster.num_workers, backend {cfg.cluster.backend}, "
              f"{'GPU' if cfg.cluster.use_gpu else 'CPU'} workers)",
@@ -48,5 +53,6 @@ def world_arithmetic(cfg: Config) -> str:
     if d.has_labels and d.labelled_batch_size > 0:
         lines.append(f"global labelled batch: {w} x {d.labelled_batch_size} (data.labelled_batch_size) = "
                      f"{w * d.labelled_batch_size} labelled images per step (triplets are mined over all of them)")
+    lines.append(mining_summary(cfg) or "triplet mining: none (not a tribigan)")
     lines.append(f"images seen: {cfg.train.steps} steps x {w * d.batch_size} = {cfg.train.steps * w * d.batch_size}")
     return "\n".join(lines)

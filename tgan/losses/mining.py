@@ -22,6 +22,15 @@ The cross-rank factor (worked out here, once; tests/distributed/test_mining.py p
     are local means, which DDP's average turns into the global mean (equal batches per rank), so
     their sum with the triplet term keeps the single-process gradient.
 
+Work split: every rank needs the loss and gradient of the whole global batch, but a triplet's terms
+depend only on its anchor's distance row, so rank r sums the terms of the triplets anchored at ITS
+OWN rows only (1/W of the work and memory of mining the global batch, chunked: see triplet.py), and
+one all_reduce of (sum, count) gives every rank the global mean. That all_reduce is differentiable
+(`_AllReduceSum`: its backward all_reduces the incoming gradients, the adjoint of a sum that lands on
+every rank): each rank's partial sum receives W / count, W times the single-process weight, and the
+gather's backward then adds up the partial sums' gradients over the ranks, so rank r again receives
+W * dL/de_r, the factor above: the split changes no gradient.
+
 Consequence for callers: every rank must backpropagate through the loss in the same step (the
 gather's backward is a collective), and every rank must call this in the same order as the others.
 With no process group (world size 1) nothing is gathered.
@@ -31,8 +40,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from tgan.config import Config, ConfigError
 from tgan.dist import is_dist, rank, world_size
-from tgan.losses.triplet import triplet_loss
+from tgan.losses import triplet
+from tgan.losses.triplet import triplet_sum
 
 
 class _AllGather(torch.autograd.Function):
@@ -52,15 +63,36 @@ class _AllGather(torch.autograd.Function):
         return grad[rank()]
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """The sum over ranks, on every rank; backward: the sum over ranks of the incoming gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
 def gather_rows(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(global embeddings, global labels): every rank's rows, in rank order.
 
     The global embeddings carry gradients back to `emb` on this rank (see the module docstring).
     """
+    return _gather(emb, labels)[:2]
+
+
+def _gather(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """gather_rows, plus the index of this rank's first row in the global rows."""
     if emb.shape[0] != labels.shape[0]:
         raise ValueError(f"{emb.shape[0]} embeddings but {labels.shape[0]} labels")
     if not is_dist():
-        return emb, labels
+        return emb, labels, 0
     w = world_size()
     n = torch.tensor([emb.shape[0]], device=emb.device)
     counts = [torch.zeros_like(n) for _ in range(w)]
@@ -68,7 +100,7 @@ def gather_rows(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     sizes = [int(c) for c in counts]
     longest = max(sizes)
     if longest == 0:  # every rank sees the same sizes, so all of them return here together
-        return emb, labels
+        return emb, labels, 0
     pad = longest - emb.shape[0]
     padded = torch.cat([emb, emb.new_zeros(pad, *emb.shape[1:])])
     padded_labels = torch.cat([labels.long(), labels.new_full((pad,), -1, dtype=torch.long)])
@@ -77,7 +109,7 @@ def gather_rows(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     emb_parts = _AllGather.apply(padded)
     global_emb = torch.cat([part[:size] for part, size in zip(emb_parts, sizes)])
     global_labels = torch.cat([part[:size] for part, size in zip(label_parts, sizes)])
-    return global_emb, global_labels
+    return global_emb, global_labels, sum(sizes[: rank()])
 
 
 def global_triplet_loss(emb: torch.Tensor, labels: torch.Tensor, *, form: str, miner: str,
@@ -87,5 +119,59 @@ def global_triplet_loss(emb: torch.Tensor, labels: torch.Tensor, *, form: str, m
     Identical on every rank; equal to single-process `triplet_loss` on the concatenated batch, and
     used unscaled (the factor is 1 under DDP's gradient average: see the module docstring).
     """
-    global_emb, global_labels = gather_rows(emb, labels)
-    return triplet_loss(global_emb, global_labels, form=form, miner=miner, margin=margin)
+    global_emb, global_labels, first = _gather(emb, labels)
+    own = torch.arange(first, first + emb.shape[0], device=emb.device)  # this rank's anchors
+    total, count = triplet_sum(global_emb, global_labels, own, form=form, miner=miner, margin=margin)
+    both = torch.stack([total, count.double()])
+    if is_dist():
+        both = _AllReduceSum.apply(both)
+    return (both[0] / both[1].clamp(min=1)).to(emb.dtype), int(both[1])
+
+
+def mining_memory_bytes(rows: int, rows_per_rank: int, dim: int, miner: str) -> int:
+    """Peak bytes that mining adds on one rank for `rows` global labelled rows, `rows_per_rank` of them
+    this rank's anchors, `dim`-dimensional embeddings: an upper bound, taking the worst label layout
+    (every row of one class, the widest positive table; see triplet.py for the terms)."""
+    positives = 0 if miner == "hard" else rows
+    per_anchor = rows * dim * triplet.ROW_BYTES_PER_DIM + rows * 16 + positives * rows * triplet.TRIPLET_BYTES
+    anchors_at_once = min(rows_per_rank, triplet.anchor_chunk(rows, positives, dim, miner))
+    gathered = 4 * rows * dim * 4  # gathered rows, their gradient, a chunk's gradient, gather buffers
+    table = rows_per_rank * positives * 9  # the positives' int64 index and bool mask
+    return gathered + table + anchors_at_once * per_anchor
+
+
+def dense_mining_bytes(rows: int, miner: str) -> int:
+    """What the dense O(N^3) miner that chunking replaced needed for the same rows (measured ~3.2 N^3
+    bytes for `all`, ~4 N^3 for `semihard`: issue 13), for the dry run's comparison."""
+    return {"all": 32 * rows**3 // 10, "semihard": 4 * rows**3}.get(miner, 12 * rows**2)
+
+
+def _mining_rows(cfg: Config) -> tuple[int, int, int]:
+    """(global labelled rows, rows per rank, embedding dim) of a config's triplet mining."""
+    per_rank = cfg.data.labelled_batch_size
+    return cfg.cluster.num_workers * per_rank, per_rank, cfg.model.latent_dim  # tribigan mines E(x)
+
+
+def mining_summary(cfg: Config) -> str | None:
+    """The dry run's line about triplet mining (None when the config mines no triplets)."""
+    if cfg.model.family != "tribigan":
+        return None
+    rows, per_rank, dim = _mining_rows(cfg)
+    need = mining_memory_bytes(rows, per_rank, dim, cfg.loss.miner)
+    return (f"triplet mining (loss.miner={cfg.loss.miner}): {rows} global labelled rows, at most "
+            f"{need / 2**20:.0f} MiB per rank (limit loss.mining_memory_gb={cfg.loss.mining_memory_gb:g}; "
+            f"the dense miner needed {dense_mining_bytes(rows, cfg.loss.miner) / 2**30:.1f} GiB)")
+
+
+def check_mining_memory(cfg: Config) -> None:
+    """Refuse (ConfigError) a config whose triplet mining needs more than loss.mining_memory_gb per rank."""
+    if cfg.model.family != "tribigan":
+        return
+    rows, per_rank, dim = _mining_rows(cfg)
+    need = mining_memory_bytes(rows, per_rank, dim, cfg.loss.miner)
+    if need > cfg.loss.mining_memory_gb * 2**30:
+        raise ConfigError(
+            f"triplet mining over {rows} labelled rows needs about {need / 2**30:.1f} GiB per rank, more than "
+            f"loss.mining_memory_gb={cfg.loss.mining_memory_gb:g}: lower data.labelled_batch_size "
+            f"({per_rank}) or cluster.num_workers ({cfg.cluster.num_workers}), use loss.miner=hard, "
+            f"or raise loss.mining_memory_gb")

@@ -7,16 +7,24 @@ Forms (loss.triplet_form), on non-squared Euclidean distances d+ = d(a, p), d- =
 Both are averaged over the mined triplets.
 
 Miners (loss.miner); rows with label -1 (unlabelled) are never anchor, positive or negative:
-- all:      every (a, p, n) with a != p, y_a = y_p, y_n != y_a. O(N^3) memory in the number of
-            labelled rows N of the global batch, fine for the few hundred rows that semi-supervised
-            runs gather.
+- all:      every (a, p, n) with a != p, y_a = y_p, y_n != y_a.
 - semihard: the triplets of `all` with d+ < d- < d+ + m (FaceNet), every one of them.
 - hard:     batch-hard (Hermans et al.): per anchor with a positive and a negative, its farthest
             positive and nearest negative; ties go to the lowest row, so the choice is deterministic.
 Selection looks at distances only (boolean masks), so gradients flow through the chosen distances.
 
+Memory: `all` and `semihard` have O(N^3) triplets in the N labelled rows, so nothing of that size is
+ever held. Anchors are taken in chunks (`anchor_chunk`): a chunk computes its distance rows, a
+[chunk, P, N] block of candidate triplets (P = the largest class among the rows: each anchor's
+positives are gathered from its own class only, so no block is spent on pairs that are never
+positive), sums the loss terms and, at once, their gradient with respect to the embeddings; then
+its graph is freed. The whole call therefore holds O(chunk * P * N + N * D) memory, and backward
+only scales the stored [N, D] gradient. The sum is accumulated in float64 across chunks.
+
 Distances come from torch.cdist in its direct (not Gram-matrix) mode: exact for near-identical rows,
-and its backward defines the gradient at zero distance as 0, so duplicates never give NaN/inf.
+and its backward defines the gradient at zero distance as 0, so duplicates never give NaN/inf. A
+chunk's rows are bit-identical to the same rows of the full [N, N] matrix, so semi-hard selection
+does not depend on the chunking.
 """
 from __future__ import annotations
 
@@ -26,35 +34,125 @@ import torch.nn.functional as F
 FORMS = ("softmax", "hinge")
 MINERS = ("all", "semihard", "hard")
 
+CHUNK_BYTES = 64 * 2**20
+"""Working memory one chunk of anchors aims at: big enough to keep a GPU's kernels busy (millions
+of elements), small enough to stay far below the model's own memory. One anchor may need more."""
+TRIPLET_BYTES = 24
+"""Bytes per candidate triplet of a chunk while its loss and gradient are computed (measured by
+benchmarks/miner_memory.py: the gap, its loss term, masks and their gradients)."""
+ROW_BYTES_PER_DIM = 8
+"""Bytes per (anchor, row, embedding dim) of a chunk: cdist's backward holds a [chunk, N, D] buffer."""
 
-def pairwise_distances(emb: torch.Tensor) -> torch.Tensor:
-    """[N, N] Euclidean distances, with finite gradients at zero distance."""
-    return torch.cdist(emb, emb, p=2, compute_mode="donot_use_mm_for_euclid_dist")
+
+def pairwise_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """[len(x), len(y)] Euclidean distances, with finite gradients at zero distance."""
+    return torch.cdist(x, y, p=2, compute_mode="donot_use_mm_for_euclid_dist")
 
 
-def mine(dist: torch.Tensor, labels: torch.Tensor, miner: str, margin: float) -> tuple[torch.Tensor, ...]:
-    """Indices (a, p, n) of the mined triplets, each a 1-D int64 tensor, in a deterministic order."""
+def anchor_chunk(rows: int, positives: int, dim: int, miner: str) -> int:
+    """How many anchors one chunk takes (at least 1) among `rows` rows whose largest class has
+    `positives` rows, with `dim`-dimensional embeddings."""
+    per_anchor = rows * dim * ROW_BYTES_PER_DIM + rows * 16
+    if miner != "hard":
+        per_anchor += positives * rows * TRIPLET_BYTES
+    return max(1, CHUNK_BYTES // max(per_anchor, 1))
+
+
+def _terms(gap: torch.Tensor, form: str, margin: float) -> torch.Tensor:
+    return F.softplus(gap) if form == "softmax" else F.relu(margin + gap)
+
+
+class _Positives:
+    """Each row's same-class rows as a padded [N, P] index table (P = the largest class), so that a
+    chunk of anchors looks at its positives only. Invalid entries (padding, the anchor itself, an
+    unlabelled anchor) are masked out by `ok`."""
+
+    def __init__(self, labels: torch.Tensor, anchors: torch.Tensor):
+        key = torch.where(labels >= 0, labels, -1)
+        order = torch.argsort(key, stable=True)
+        sorted_key = key[order]
+        start = torch.searchsorted(sorted_key, key[anchors], side="left")
+        size = torch.searchsorted(sorted_key, key[anchors], side="right") - start
+        self.width = int(size.max()) if anchors.numel() else 0  # the one host sync of mining's setup
+        j = torch.arange(self.width, device=labels.device)
+        self.index = order[(start[:, None] + j).clamp(max=max(labels.numel() - 1, 0))]  # [anchors, P]
+        self.ok = (j < size[:, None]) & (self.index != anchors[:, None]) & (key[anchors] >= 0)[:, None]
+
+
+def _chunk_sum(emb: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, pos: tuple | None, *,
+               form: str, miner: str, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of the loss terms, number of triplets) of the triplets anchored at `rows`; `pos` is the
+    (index, ok) slice of _Positives for these anchors."""
+    d = pairwise_distances(emb[rows], emb)
+    y = labels[rows]
+    valid = labels >= 0
+    neg = valid[None, :] & (labels[None, :] != y[:, None]) & (y >= 0)[:, None]  # [c, N]
+    dd = d.detach()
+    if miner == "hard":
+        same = valid[None, :] & (labels[None, :] == y[:, None]) & (y >= 0)[:, None]
+        same[torch.arange(len(rows), device=rows.device), rows] = False
+        far_pos = dd.masked_fill(~same, -1.0).argmax(1)  # distances are >= 0, so -1 never wins
+        near_neg = dd.masked_fill(~neg, float("inf")).argmin(1)
+        keep = same.any(1) & neg.any(1)
+        gap = d.gather(1, far_pos[:, None]).squeeze(1) - d.gather(1, near_neg[:, None]).squeeze(1)
+    else:
+        index, ok = pos
+        d_ap = d.gather(1, index)  # [c, P]
+        gap = d_ap[:, :, None] - d[:, None, :]  # [c, P, N]
+        keep = ok[:, :, None] & neg[:, None, :]
+        if miner == "semihard":
+            dd_ap = dd.gather(1, index)[:, :, None]
+            dd_an = dd[:, None, :]
+            keep &= (dd_an > dd_ap) & (dd_an < dd_ap + margin)
+    total = torch.where(keep, _terms(gap, form, margin), 0.0).sum()
+    return total, keep.sum()
+
+
+class _ChunkedTripletSum(torch.autograd.Function):
+    """emb [N, D] -> (sum of the mined triplets' loss terms (float64), their count (int64)) over the
+    anchors in `anchors`; the gradient is computed chunk by chunk during forward (see the module
+    docstring) and only scaled in backward."""
+
+    @staticmethod
+    def forward(ctx, emb, labels, anchors, form, miner, margin):
+        grad_wanted = emb.requires_grad
+        x = emb.detach().requires_grad_(grad_wanted)
+        pos = None if miner == "hard" else _Positives(labels, anchors)
+        step = anchor_chunk(len(labels), pos.width if pos else 0, emb.shape[1], miner)
+        total = torch.zeros((), dtype=torch.float64, device=emb.device)
+        count = torch.zeros((), dtype=torch.long, device=emb.device)
+        grad = torch.zeros_like(emb) if grad_wanted else None
+        for lo in range(0, len(anchors), step):
+            with torch.enable_grad():
+                chunk = slice(lo, lo + step)
+                part, n = _chunk_sum(x, labels, anchors[chunk], pos and (pos.index[chunk], pos.ok[chunk]),
+                                     form=form, miner=miner, margin=margin)
+                if grad_wanted:
+                    grad += torch.autograd.grad(part, x)[0]
+            total += part.detach().double()
+            count += n
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(count)
+        return total, count
+
+    @staticmethod
+    def backward(ctx, grad_total, grad_count):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_total.to(grad.dtype), None, None, None, None, None
+
+
+def triplet_sum(emb: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor, *, form: str, miner: str,
+                margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of the loss terms [float64, attached to emb], triplet count [int64 tensor]) of the
+    triplets mined in (emb [N, D], labels [N]) whose anchor is one of the row indices `anchors`.
+
+    Summing over disjoint anchor sets and dividing by the summed count gives `triplet_loss`.
+    """
+    if form not in FORMS:
+        raise ValueError(f"loss.triplet_form={form!r} is invalid: expected one of {FORMS}")
     if miner not in MINERS:
         raise ValueError(f"loss.miner={miner!r} is invalid: expected one of {MINERS}")
-    n = labels.shape[0]
-    valid = labels >= 0
-    pair = valid[:, None] & valid[None, :]
-    same = pair & (labels[:, None] == labels[None, :]) & ~torch.eye(n, dtype=torch.bool, device=labels.device)
-    diff = pair & (labels[:, None] != labels[None, :])
-    d = dist.detach()
-    if miner == "hard":
-        if n == 0:  # argmax over an empty row is undefined
-            return (labels.new_zeros(0, dtype=torch.long),) * 3
-        anchors = torch.nonzero(same.any(1) & diff.any(1)).squeeze(1)
-        far_pos = d.masked_fill(~same, -1.0).argmax(1)  # distances are >= 0, so -1 never wins
-        near_neg = d.masked_fill(~diff, float("inf")).argmin(1)
-        return anchors, far_pos[anchors], near_neg[anchors]
-    keep = same[:, :, None] & diff[:, None, :]
-    if miner == "semihard":
-        d_ap, d_an = d[:, :, None], d[:, None, :]
-        keep &= (d_an > d_ap) & (d_an < d_ap + margin)
-    a, p, neg = torch.nonzero(keep, as_tuple=True)
-    return a, p, neg
+    return _ChunkedTripletSum.apply(emb, labels.long(), anchors, form, miner, margin)
 
 
 def triplet_loss(emb: torch.Tensor, labels: torch.Tensor, *, form: str, miner: str,
@@ -64,12 +162,6 @@ def triplet_loss(emb: torch.Tensor, labels: torch.Tensor, *, form: str, miner: s
     With no triplet (too few labelled rows or classes) the loss is 0 but still attached to `emb`, so
     a backward pass runs the same autograd graph, and hence the same collectives, on every rank.
     """
-    if form not in FORMS:
-        raise ValueError(f"loss.triplet_form={form!r} is invalid: expected one of {FORMS}")
-    dist = pairwise_distances(emb)
-    a, p, n = mine(dist, labels, miner, margin)
-    if a.numel() == 0:
-        return emb.sum() * 0.0, 0
-    gap = dist[a, p] - dist[a, n]
-    per_triplet = F.softplus(gap) if form == "softmax" else F.relu(margin + gap)
-    return per_triplet.mean(), int(a.numel())
+    anchors = torch.arange(len(labels), device=emb.device)
+    total, count = triplet_sum(emb, labels, anchors, form=form, miner=miner, margin=margin)
+    return (total / count.clamp(min=1)).to(emb.dtype), int(count)
