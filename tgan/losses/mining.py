@@ -133,17 +133,16 @@ def mining_memory_bytes(rows: int, rows_per_rank: int, dim: int, miner: str) -> 
     this rank's anchors, `dim`-dimensional embeddings: an upper bound, taking the worst label layout
     (every row of one class, the widest positive table; see triplet.py for the terms)."""
     positives = 0 if miner == "hard" else rows
-    per_anchor = rows * dim * triplet.ROW_BYTES_PER_DIM + rows * 16 + positives * rows * triplet.TRIPLET_BYTES
     anchors_at_once = min(rows_per_rank, triplet.anchor_chunk(rows, positives, dim, miner))
     gathered = 4 * rows * dim * 4  # gathered rows, their gradient, a chunk's gradient, gather buffers
     table = rows_per_rank * positives * 9  # the positives' int64 index and bool mask
-    return gathered + table + anchors_at_once * per_anchor
+    return gathered + table + anchors_at_once * triplet.anchor_bytes(rows, positives, dim, miner)
 
 
 def dense_mining_bytes(rows: int, miner: str) -> int:
-    """What the dense O(N^3) miner that chunking replaced needed for the same rows (measured ~3.2 N^3
-    bytes for `all`, ~4 N^3 for `semihard`: issue 13), for the dry run's comparison."""
-    return {"all": 32 * rows**3 // 10, "semihard": 4 * rows**3}.get(miner, 12 * rows**2)
+    """What the dense O(N^3) `all` / `semihard` miner that chunking replaced needed for the same rows
+    (measured ~3.2 N^3 and ~4 N^3 bytes: issue 13), for the dry run's comparison."""
+    return 32 * rows**3 // 10 if miner == "all" else 4 * rows**3
 
 
 def _mining_rows(cfg: Config) -> tuple[int, int, int]:
@@ -158,9 +157,10 @@ def mining_summary(cfg: Config) -> str | None:
         return None
     rows, per_rank, dim = _mining_rows(cfg)
     need = mining_memory_bytes(rows, per_rank, dim, cfg.loss.miner)
+    was = "" if cfg.loss.miner == "hard" else \
+        f"; the dense miner needed {dense_mining_bytes(rows, cfg.loss.miner) / 2**30:.1f} GiB"
     return (f"triplet mining (loss.miner={cfg.loss.miner}): {rows} global labelled rows, at most "
-            f"{need / 2**20:.0f} MiB per rank (limit loss.mining_memory_gb={cfg.loss.mining_memory_gb:g}; "
-            f"the dense miner needed {dense_mining_bytes(rows, cfg.loss.miner) / 2**30:.1f} GiB)")
+            f"{need / 2**20:.0f} MiB per rank (limit loss.mining_memory_gb={cfg.loss.mining_memory_gb:g}{was})")
 
 
 def check_mining_memory(cfg: Config) -> None:

@@ -37,9 +37,9 @@ MINERS = ("all", "semihard", "hard")
 CHUNK_BYTES = 64 * 2**20
 """Working memory one chunk of anchors aims at: big enough to keep a GPU's kernels busy (millions
 of elements), small enough to stay far below the model's own memory. One anchor may need more."""
-TRIPLET_BYTES = 24
-"""Bytes per candidate triplet of a chunk while its loss and gradient are computed (measured by
-benchmarks/miner_memory.py: the gap, its loss term, masks and their gradients)."""
+TRIPLET_BYTES = {"all": 16, "semihard": 36, "hard": 0}
+"""Bytes per candidate triplet of a chunk while its loss and gradient are computed (measured with
+benchmarks/miner_memory.py: the gap, its loss term and gradient; semihard adds masks and a select)."""
 ROW_BYTES_PER_DIM = 8
 """Bytes per (anchor, row, embedding dim) of a chunk: cdist's backward holds a [chunk, N, D] buffer."""
 
@@ -49,13 +49,15 @@ def pairwise_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.cdist(x, y, p=2, compute_mode="donot_use_mm_for_euclid_dist")
 
 
+def anchor_bytes(rows: int, positives: int, dim: int, miner: str) -> int:
+    """Working memory of one anchor in a chunk, among `rows` rows whose largest class has `positives`
+    rows, with `dim`-dimensional embeddings."""
+    return rows * dim * ROW_BYTES_PER_DIM + rows * 16 + positives * rows * TRIPLET_BYTES[miner]
+
+
 def anchor_chunk(rows: int, positives: int, dim: int, miner: str) -> int:
-    """How many anchors one chunk takes (at least 1) among `rows` rows whose largest class has
-    `positives` rows, with `dim`-dimensional embeddings."""
-    per_anchor = rows * dim * ROW_BYTES_PER_DIM + rows * 16
-    if miner != "hard":
-        per_anchor += positives * rows * TRIPLET_BYTES
-    return max(1, CHUNK_BYTES // max(per_anchor, 1))
+    """How many anchors one chunk takes (at least 1)."""
+    return max(1, CHUNK_BYTES // max(anchor_bytes(rows, positives, dim, miner), 1))
 
 
 def _terms(gap: torch.Tensor, form: str, margin: float) -> torch.Tensor:
@@ -95,17 +97,20 @@ def _chunk_sum(emb: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, pos:
         near_neg = dd.masked_fill(~neg, float("inf")).argmin(1)
         keep = same.any(1) & neg.any(1)
         gap = d.gather(1, far_pos[:, None]).squeeze(1) - d.gather(1, near_neg[:, None]).squeeze(1)
-    else:
-        index, ok = pos
-        d_ap = d.gather(1, index)  # [c, P]
-        gap = d_ap[:, :, None] - d[:, None, :]  # [c, P, N]
-        keep = ok[:, :, None] & neg[:, None, :]
-        if miner == "semihard":
-            dd_ap = dd.gather(1, index)[:, :, None]
-            dd_an = dd[:, None, :]
-            keep &= (dd_an > dd_ap) & (dd_an < dd_ap + margin)
-    total = torch.where(keep, _terms(gap, form, margin), 0.0).sum()
-    return total, keep.sum()
+        total = torch.where(keep, _terms(gap, form, margin), 0.0).sum()
+        return total, keep.sum()
+    # Invalid positives at distance -inf and invalid negatives at +inf make their gap -inf, whose loss
+    # term (softplus or hinge) and gradient are exactly 0: no [c, P, N] mask for `all`, fewer passes.
+    index, ok = pos
+    d_ap = d.gather(1, index).masked_fill(~ok, float("-inf"))  # [c, P]
+    d_an = d.masked_fill(~neg, float("inf"))  # [c, N]
+    gap = d_ap[:, :, None] - d_an[:, None, :]  # [c, P, N]
+    terms = _terms(gap, form, margin)
+    if miner == "all":
+        return terms.sum(), (ok.sum(1) * neg.sum(1)).sum()
+    dd_ap, dd_an = d_ap.detach()[:, :, None], d_an.detach()[:, None, :]  # the same comparisons as before
+    keep = (dd_an > dd_ap) & (dd_an < dd_ap + margin)  # false wherever a distance is infinite
+    return torch.where(keep, terms, 0.0).sum(), keep.sum()
 
 
 class _ChunkedTripletSum(torch.autograd.Function):
