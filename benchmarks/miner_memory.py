@@ -129,7 +129,7 @@ def main() -> None:
     flops = step_flops()
     step_s = flops / (H100_BF16 / 3)
     rows = ["| N | miner | old: peak | old: time | new, 1 process: peak | new, 1 process: time | "
-            "new, per rank (32 anchors): peak | per rank: time (CPU) | per rank: estimate (dry run) | "
+            "new, per rank (32 anchors): peak | per rank: time (CPU) | per rank: bound (--dry-run) | "
             "per rank on H100, eager / fused | of the GPU step, eager / fused |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for n in args.sizes:
@@ -146,8 +146,8 @@ def main() -> None:
             rows.append(f"| {n} | {miner} | {old_cells} | {gib(new['peak'])} | {new['seconds']:.2f} s | "
                         f"{gib(rank['peak'])} | {rank['seconds']:.2f} s | "
                         f"{gib(mining_memory_bytes(n, PER_RANK, DIM, miner))} | "
-                        f"{eager * 1e6:.0f} / {fused * 1e6:.0f} us | "
-                        f"{100 * eager / step_s:.1f}% / {100 * fused / step_s:.1f}% |")
+                        f"{eager * 1e6:.0f} / {fused * 1e6:.1f} us | "
+                        f"{100 * eager / step_s:.1f}% / {100 * fused / step_s:.2f}% |")
             print(rows[-1], flush=True)
     load = os.getloadavg()
     text = "\n".join([

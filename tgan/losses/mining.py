@@ -130,13 +130,15 @@ def global_triplet_loss(emb: torch.Tensor, labels: torch.Tensor, *, form: str, m
 
 def mining_memory_bytes(rows: int, rows_per_rank: int, dim: int, miner: str) -> int:
     """Peak bytes that mining adds on one rank for `rows` global labelled rows, `rows_per_rank` of them
-    this rank's anchors, `dim`-dimensional embeddings: an upper bound, taking the worst label layout
-    (every row of one class, the widest positive table; see triplet.py for the terms)."""
-    positives = 0 if miner == "hard" else rows
-    anchors_at_once = min(rows_per_rank, triplet.anchor_chunk(rows, positives, dim, miner))
+    this rank's anchors, `dim`-dimensional embeddings: an upper bound over every label layout.
+
+    A chunk takes as many anchors as fit in triplet.CHUNK_BYTES, or one anchor when one alone needs
+    more; one anchor needs the most when every row is of its class (see triplet.anchor_bytes)."""
+    widest = triplet.anchor_bytes(rows, 0 if miner == "hard" else rows, dim, miner)
+    chunk = min(rows_per_rank * widest, max(triplet.CHUNK_BYTES, widest))
     gathered = 4 * rows * dim * 4  # gathered rows, their gradient, a chunk's gradient, gather buffers
-    table = rows_per_rank * positives * 9  # the positives' int64 index and bool mask
-    return gathered + table + anchors_at_once * triplet.anchor_bytes(rows, positives, dim, miner)
+    table = rows_per_rank * rows * 9  # the positives' int64 index and bool mask, at their widest
+    return gathered + table + chunk
 
 
 def dense_mining_bytes(rows: int, miner: str) -> int:
