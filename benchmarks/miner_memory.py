@@ -2,7 +2,7 @@
 the chunked one, side by side in one run.
 
     python benchmarks/miner_memory.py [--sizes 512 1024 2048 4096] [--old-max 1024]
-                                      [--out benchmarks/results/miner.md]
+                                      [--one-process-max 2048] [--out benchmarks/results/miner.md]
 
 For each global labelled batch N (10 classes drawn uniformly, as CIFAR-10's labelled stream; the
 CIFAR-10 tribigan recipe's 100-dim E(x)) and the `all` and `semihard` miners (`hard` was O(N^2)
@@ -10,7 +10,8 @@ already) it times, each case in a fresh process with one torch thread (peak = th
 high-water RSS minus its RSS before mining):
 - old:       the dense miner (tests/dense_triplet.py) on all N rows, where it fits (N <= --old-max);
              above that its measured ~3.2 N^3 / ~4 N^3 bytes (issue 13) are shown as an estimate;
-- new, 1 process: the chunked miner mining all N anchors, as one process with the whole batch does;
+- new, 1 process: the chunked miner mining all N anchors, as one process with the whole batch does
+             (N <= --one-process-max: its time grows as N^3, ~6 min for N = 4096 on an idle core);
 - new, per rank: one rank's share of a DDP run with 32 labelled rows per rank (the recipe's
              data.labelled_batch_size): 32 anchors against the N gathered rows.
 Then it puts the per-rank mining beside the CIFAR-10 tribigan step on a GPU, estimated from FLOPs
@@ -118,6 +119,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     p.add_argument("--old-max", type=int, default=1024, help="largest N the dense miner is run at")
+    p.add_argument("--one-process-max", type=int, default=2048,
+                   help="largest N the chunked miner is run at over all N anchors")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "miner.md"))
     p.add_argument("--case", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -139,11 +142,15 @@ def main() -> None:
                 old_cells = f"{gib(old['peak'])} | {old['seconds']:.2f} s"
             else:
                 old_cells = f"~{gib(dense_mining_bytes(n, miner))} (estimate, not run) | -"
-            new = run_case("new", n, miner)
+            if n <= args.one_process_max:
+                new = run_case("new", n, miner)
+                new_cells = f"{gib(new['peak'])} | {new['seconds']:.2f} s"
+            else:
+                new_cells = "not run (N^3 time) | -"
             rank = run_case("rank", n, miner)
             eager = rank["candidates"] * BYTES_MOVED[miner] / H100_HBM
             fused = rank["candidates"] * FLOPS_FUSED / H100_FP32
-            rows.append(f"| {n} | {miner} | {old_cells} | {gib(new['peak'])} | {new['seconds']:.2f} s | "
+            rows.append(f"| {n} | {miner} | {old_cells} | {new_cells} | "
                         f"{gib(rank['peak'])} | {rank['seconds']:.2f} s | "
                         f"{gib(mining_memory_bytes(n, PER_RANK, DIM, miner))} | "
                         f"{eager * 1e6:.0f} / {fused * 1e6:.1f} us | "
@@ -157,7 +164,7 @@ def main() -> None:
         f"torch {torch.__version__}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
         "(shared machine: times are noisy, memory is not).",
         f"Command: `python benchmarks/miner_memory.py --sizes {' '.join(map(str, args.sizes))} "
-        f"--old-max {args.old_max}`",
+        f"--old-max {args.old_max} --one-process-max {args.one_process_max}`",
         "",
         f"Embeddings {DIM}-dim, {CLASSES} classes drawn uniformly, softmax form, forward + backward. "
         "Peak = high-water RSS (VmHWM, reset just before mining) of a fresh process minus its RSS before mining.",

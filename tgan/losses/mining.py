@@ -125,7 +125,7 @@ def global_triplet_loss(emb: torch.Tensor, labels: torch.Tensor, *, form: str, m
     both = torch.stack([total, count.double()])
     if is_dist():
         both = _AllReduceSum.apply(both)
-    return (both[0] / both[1].clamp(min=1)).to(emb.dtype), int(both[1])
+    return (both[0] / both[1].clamp(min=1)).to(torch.promote_types(emb.dtype, torch.float32)), int(both[1])
 
 
 def mining_memory_bytes(rows: int, rows_per_rank: int, dim: int, miner: str) -> int:

@@ -37,7 +37,7 @@ MINERS = ("all", "semihard", "hard")
 CHUNK_BYTES = 64 * 2**20
 """Working memory one chunk of anchors aims at: big enough to keep a GPU's kernels busy (millions
 of elements), small enough to stay far below the model's own memory. One anchor may need more."""
-TRIPLET_BYTES = {"all": 16, "semihard": 36, "hard": 0}
+TRIPLET_BYTES = {"all": 20, "semihard": 40, "hard": 0}
 """Bytes per candidate triplet of a chunk while its loss and gradient are computed (measured with
 benchmarks/miner_memory.py: the gap, its loss term and gradient; semihard adds masks and a select)."""
 ROW_BYTES_PER_DIM = 8
@@ -152,12 +152,15 @@ def triplet_sum(emb: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor, 
     triplets mined in (emb [N, D], labels [N]) whose anchor is one of the row indices `anchors`.
 
     Summing over disjoint anchor sets and dividing by the summed count gives `triplet_loss`.
+    Computed in float32 whatever autocast or the embeddings' dtype say: bf16's 8-bit mantissa would
+    turn distances of nearby rows, and the semi-hard comparisons between them, into noise.
     """
     if form not in FORMS:
         raise ValueError(f"loss.triplet_form={form!r} is invalid: expected one of {FORMS}")
     if miner not in MINERS:
         raise ValueError(f"loss.miner={miner!r} is invalid: expected one of {MINERS}")
-    return _ChunkedTripletSum.apply(emb, labels.long(), anchors, form, miner, margin)
+    with torch.autocast(emb.device.type, enabled=False):
+        return _ChunkedTripletSum.apply(emb.float(), labels.long(), anchors, form, miner, margin)
 
 
 def triplet_loss(emb: torch.Tensor, labels: torch.Tensor, *, form: str, miner: str,
@@ -169,4 +172,4 @@ def triplet_loss(emb: torch.Tensor, labels: torch.Tensor, *, form: str, miner: s
     """
     anchors = torch.arange(len(labels), device=emb.device)
     total, count = triplet_sum(emb, labels, anchors, form=form, miner=miner, margin=margin)
-    return (total / count.clamp(min=1)).to(emb.dtype), int(count)
+    return (total / count.clamp(min=1)).to(torch.promote_types(emb.dtype, torch.float32)), int(count)
