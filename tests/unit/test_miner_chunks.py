@@ -73,3 +73,15 @@ def test_dry_run_check_names_the_knobs():
                                                                  "data.labelled_batch_size=64"])
     with pytest.raises(ConfigError, match="data.labelled_batch_size.*cluster.num_workers.*loss.miner=hard"):
         check_mining_memory(huge)
+
+
+def test_mining_stays_float32_under_bf16_autocast():
+    emb, labels = batch(40, 4)
+    low = emb.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, count = triplet_loss(low * 1.0, labels, form="softmax", miner="semihard", margin=0.7)
+    want, want_count = triplet_loss(low.detach().float(), labels, form="softmax", miner="semihard", margin=0.7)
+    assert loss.dtype == torch.float32 and count == want_count > 0
+    assert abs(loss.item() - want.item()) <= 1e-6
+    loss.backward()
+    assert low.grad.dtype == torch.bfloat16 and torch.isfinite(low.grad.float()).all()
