@@ -53,6 +53,6 @@ def world_arithmetic(cfg: Config) -> str:
     if d.has_labels and d.labelled_batch_size > 0:
         lines.append(f"global labelled batch: {w} x {d.labelled_batch_size} (data.labelled_batch_size) = "
                      f"{w * d.labelled_batch_size} labelled images per step (triplets are mined over all of them)")
-    lines.append(mining_summary(cfg) or "triplet mining: none (not a tribigan)")
+    lines.append(mining_summary(cfg) or f"triplet mining: none (model.family={cfg.model.family})")
     lines.append(f"images seen: {cfg.train.steps} steps x {w * d.batch_size} = {cfg.train.steps * w * d.batch_size}")
     return "\n".join(lines)

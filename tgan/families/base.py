@@ -107,6 +107,9 @@ class Family:
     """(networks, inputs, output directory) -> picture name -> file written."""
     check: Callable[[Config], None] = refuse_conditional
     """Called when a config of this family is resolved; raises ConfigError naming the field."""
+    mines_triplets: bool = False
+    """A phase mines triplets over every rank's labelled E(x) (latent_dim wide): --dry-run bounds the
+    memory that takes per rank (tgan.losses.mining.mining_summary)."""
 
     @property
     def groups(self) -> dict[str, tuple[str, ...]]:

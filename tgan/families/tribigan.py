@@ -22,4 +22,4 @@ FAMILY = Family(
     groups_in_order=(Group("D", ("D",), TriBiGANLoss.d_loss, Role.DISCRIMINATOR),
                      Group("G", ("G", "E"), TriBiGANLoss.g_loss, Role.GENERATOR)),
     prior=TriBiGANLoss.prior, networks=networks, loss=loss, eval_features=encoder_features,
-    pictures=generator_pictures, check=check)
+    pictures=generator_pictures, check=check, mines_triplets=True)

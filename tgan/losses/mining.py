@@ -37,13 +37,17 @@ With no process group (world size 1) nothing is gathered.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.distributed as dist
 
-from tgan.config import Config, ConfigError
 from tgan.dist import is_dist, rank, world_size
 from tgan.losses import triplet
 from tgan.losses.triplet import triplet_sum
+
+if TYPE_CHECKING:  # the config (and the families it imports) only for the dry run's functions below
+    from tgan.config import Config
 
 
 class _AllGather(torch.autograd.Function):
@@ -150,24 +154,29 @@ def dense_mining_bytes(rows: int, miner: str) -> int:
 def _mining_rows(cfg: Config) -> tuple[int, int, int]:
     """(global labelled rows, rows per rank, embedding dim) of a config's triplet mining."""
     per_rank = cfg.data.labelled_batch_size
-    return cfg.cluster.num_workers * per_rank, per_rank, cfg.model.latent_dim  # tribigan mines E(x)
+    return cfg.cluster.num_workers * per_rank, per_rank, cfg.model.latent_dim  # E(x) is latent_dim wide
 
 
 def mining_summary(cfg: Config) -> str | None:
     """The dry run's line about triplet mining (None when the config mines no triplets)."""
-    if cfg.model.family != "tribigan":
+    from tgan.families import get_family
+
+    if not get_family(cfg.model.family).mines_triplets:
         return None
     rows, per_rank, dim = _mining_rows(cfg)
     need = mining_memory_bytes(rows, per_rank, dim, cfg.loss.miner)
     was = "" if cfg.loss.miner == "hard" else \
         f"; the dense miner needed {dense_mining_bytes(rows, cfg.loss.miner) / 2**30:.1f} GiB"
     return (f"triplet mining (loss.miner={cfg.loss.miner}): {rows} global labelled rows, at most "
-            f"{need / 2**20:.0f} MiB per rank (limit loss.mining_memory_gb={cfg.loss.mining_memory_gb:g}{was})")
+            f"{need / 2**20:.1f} MiB per rank (limit loss.mining_memory_gb={cfg.loss.mining_memory_gb:g}{was})")
 
 
 def check_mining_memory(cfg: Config) -> None:
     """Refuse (ConfigError) a config whose triplet mining needs more than loss.mining_memory_gb per rank."""
-    if cfg.model.family != "tribigan":
+    from tgan.config import ConfigError
+    from tgan.families import get_family
+
+    if not get_family(cfg.model.family).mines_triplets:
         return
     rows, per_rank, dim = _mining_rows(cfg)
     need = mining_memory_bytes(rows, per_rank, dim, cfg.loss.miner)
