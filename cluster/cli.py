@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so that --dry-run and config errors start no Ray.
     from cluster.ray_env import ClusterError
     from cluster.trainer import evaluate_checkpoint, run
-    from tgan.eval.run import markdown_table
+    from tgan.eval.run import report_text
     from tgan.train.loop import USER_ERRORS
 
     try:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoints: {out / 'checkpoints'} (Ray's copy: {result.run_dir}; last {result.checkpoint.path})")
     print(f"metrics: {out / 'metrics.jsonl'}")
     print(f"samples and evaluation: {eval_dir} (eval.json, eval.md, pictures)")
-    print(markdown_table(table))
+    print(report_text(table), end="")
     return 0
 
 

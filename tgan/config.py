@@ -27,6 +27,9 @@ from tgan.families import DEFAULT_FAMILY, FAMILIES, get_family
 from tgan.losses.mbgan import L1_REDUCTIONS
 from tgan.losses.triplet import FORMS, MINERS
 from tgan.models.dcgan import SIZES as IMAGE_SIZES
+INCEPTION_HINT = ("download https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                  "weights-inception-2015-12-05-6726825d.pth (torch-fidelity's FID Inception) once and set "
+                  "eval.inception_weights to its path, or leave it empty for the offline classifier FID only")
 
 
 class ConfigError(ValueError):
@@ -73,6 +76,10 @@ class DataConfig:
     """Size of the seeded shuffle buffer of the unlabelled stream."""
     augment: str = "none"
     """Augmentation of training images: none (as in the papers), flip, or crop_flip."""
+    labelled_augment: str | None = None
+    """Augmentation of the labelled stream only (none, flip or crop_flip; unset = data.augment). The
+    triplet loss memorises a few hundred labelled images within minutes and then gives E no gradient;
+    crop_flip keeps it learning (benchmarks/results/gan_diagnosis.md)."""
     resampled: bool = False
     """Draw shards with replacement, for clusters with fewer shards than ranks x loader workers."""
     verify_checksums: bool = True
@@ -93,6 +100,8 @@ class DataConfig:
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
         _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
         _check(self.augment in AUGMENTATIONS, "data.augment", self.augment, _one_of(AUGMENTATIONS))
+        _check(self.labelled_augment is None or self.labelled_augment in AUGMENTATIONS, "data.labelled_augment",
+               self.labelled_augment, _one_of(AUGMENTATIONS) + " (or unset: data.augment)")
 
     @property
     def has_labels(self) -> bool:
@@ -246,12 +255,27 @@ class EvalConfig:
     live_probe: bool = False
     """Also fit the linear probe (eval.probe) on the gallery and report its validation accuracy as val/probe
     (seconds per evaluation on CPU, so off by default)."""
+    fid_samples: int = 2000
+    """FID and KID of this many samples of G against as many test images (fewer when the test split is
+    smaller), in the feature space of tgan's dataset classifier and, with inception_weights, of
+    Inception-v3 (tgan/eval/generation.py); 0 = skip. FID grows as the sample shrinks: compare equal sizes."""
+    classifier_steps: int = 1000
+    """Adam steps (batch 64) that train the dataset classifier of the offline FID; it is cached next to
+    the shards, keyed by their index and this value."""
+    inception_weights: str = ""
+    """Path of torch-fidelity's Inception weights (weights-inception-2015-12-05-6726825d.pth) for the
+    standard FID/KID; empty = classifier features only. Nothing is downloaded at run time."""
 
     def __post_init__(self) -> None:
         _check(self.max_k >= 1, "eval.max_k", self.max_k, "an integer >= 1")
         _check(self.every >= 0, "eval.every", self.every, "an integer >= 0 (0 = off)")
         _check(self.gallery_size >= 1, "eval.gallery_size", self.gallery_size, "an integer >= 1")
         _check(self.probe in PROBES, "eval.probe", self.probe, _one_of(PROBES))
+        _check(self.fid_samples == 0 or self.fid_samples >= 2, "eval.fid_samples", self.fid_samples,
+               "0 (off) or an integer >= 2")
+        _check(self.classifier_steps >= 1, "eval.classifier_steps", self.classifier_steps, "an integer >= 1")
+        if self.inception_weights and not Path(self.inception_weights).is_file():
+            raise ConfigError(f"eval.inception_weights={self.inception_weights!r} does not exist: {INCEPTION_HINT}")
 
 
 @dataclass(kw_only=True)

@@ -48,6 +48,7 @@ def test_integers_are_accepted_for_floats_but_not_strings_for_numbers(tmp_path):
     ("train.keep_checkpoints=0", "train.keep_checkpoints"),
     ("train.resume=", "train.resume"),
     ("cluster.backend=horovod", "cluster.backend"),
+    ("data.labelled_augment=rotate", "data.labelled_augment"),
 ])
 def test_invalid_values_name_the_dotted_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

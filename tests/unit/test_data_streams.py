@@ -155,3 +155,21 @@ def test_resume_with_another_layout_warns_that_the_order_differs(shards, caplog)
         resumed.load_state_dict(state)
     assert "different data layout" in caplog.text and "'batch_size': (16, 8)" in caplog.text
     assert next(resumed.unlabelled)[0].shape == (8, 1, 8, 8)
+
+
+def test_labelled_augment_applies_to_the_labelled_stream_only(shards):
+    def first_batches(**kw):
+        streams = build_streams(_cfg(shards, **kw), rank=0, world_size=1, seed=0)
+        try:
+            return next(streams.unlabelled)[0], next(streams.labelled)[0]
+        finally:
+            streams.close()
+
+    plain_x, plain_xl = first_batches()
+    x, xl = first_batches(labelled_augment="flip")
+    assert torch.equal(x, plain_x)  # the unlabelled stream keeps data.augment (none)
+    flipped = [torch.equal(a, b.flip(-1)) for a, b in zip(xl, plain_xl)]
+    assert any(flipped) and all(f or torch.equal(a, b) for f, a, b in zip(flipped, xl, plain_xl))
+    # Unset, the labelled stream follows data.augment as before.
+    _, xl_default = first_batches(augment="flip")
+    assert torch.equal(xl_default, xl)

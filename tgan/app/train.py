@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(cfg, int):
         return cfg
     # Imported here so that --dry-run and config errors need neither the data nor the model code.
-    from tgan.eval.run import evaluate, markdown_table
+    from tgan.eval.run import evaluate, report_text
     from tgan.train.loop import USER_ERRORS, train
 
     try:
@@ -33,5 +33,5 @@ def main(argv: list[str] | None = None) -> int:
     print(f"done: {result.step} steps, checkpoint {result.checkpoint}, last {shown}")
     if table is not None:
         print(f"evaluation: {Path(cfg.train.out_dir) / 'eval'} (eval.json, eval.md, pictures)")
-        print(markdown_table(table) if table["rows"] else table["note"], end="")
+        print(report_text(table), end="")
     return 0

@@ -183,7 +183,8 @@ def build_streams(cfg: DataConfig, *, rank: int, world_size: int, seed: int, gal
     if want_labels:
         held = Held(selection.labelled(), index)
         labelled = LabelledStream(held.images, held.labels, held.keys, batch_size=cfg.labelled_batch_size,
-                                  seed=seed, rank=rank, augment=cfg.augment)
+                                  seed=seed, rank=rank,
+                                  augment=cfg.augment if cfg.labelled_augment is None else cfg.labelled_augment)
         log.info("labelled subset: %d examples, per class %s", len(held.keys), torch.bincount(held.labels).tolist())
     validation = gallery = None
     if cfg.validation_size:

@@ -15,6 +15,7 @@ from tgan import dist
 from tgan.config import Config
 from tgan.data.index import load_index
 from tgan.data.streams import load_split
+from tgan.eval.generation import generation_metrics
 from tgan.eval.metrics import retrieval_metrics
 from tgan.eval.probe import linear_probe
 from tgan.families import get_family
@@ -106,6 +107,25 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def generation_line(gen: dict | None) -> str:
+    """One line under the table: FID/KID of G's samples (empty without a generation result)."""
+    if not gen:
+        return ""
+    parts = []
+    if "fid_classifier" in gen:
+        parts.append(f"dataset-classifier features (its test accuracy {100 * gen['classifier_test_accuracy']:.1f}%): "
+                     f"FID {gen['fid_classifier']:.3f}, KID {gen['kid_classifier']:.4f} +- {gen['kid_classifier_std']:.4f}")
+    if "fid_inception" in gen:
+        parts.append(f"Inception features: FID {gen['fid_inception']:.2f}, "
+                     f"KID {gen['kid_inception']:.4f} +- {gen['kid_inception_std']:.4f}")
+    return f"\ngeneration, {gen['samples']} samples of G vs as many test images: " + "; ".join(parts) + "\n"
+
+
+def report_text(result: dict) -> str:
+    """What eval.md holds and the command lines print: the table (or the note) and the generation line."""
+    return (markdown_table(result) if result["rows"] else result["note"] + "\n") + generation_line(result.get("generation"))
+
+
 def evaluate(cfg: Config, nets: dict[str, nn.Module], out_dir: str | Path, *, data: EvalData | None = None,
              metrics_path: str | Path | None = None) -> dict:
     """Evaluate `nets` (a family's trained networks) and write eval.json, eval.md and the pictures.
@@ -133,10 +153,13 @@ def evaluate(cfg: Config, nets: dict[str, nn.Module], out_dir: str | Path, *, da
     else:
         result["note"] = "the data set has no class labels: k-NN, mAP and the probe need them; pictures only"
 
+    if cfg.eval.fid_samples and "G" in nets:  # the triplet baseline has no generator
+        result["generation"] = generation_metrics(cfg, nets["G"], data.test_x, sample_z=family.sample_z)
+
     if cfg.eval.pictures:
         metrics = Path(cfg.train.out_dir) / "metrics.jsonl" if metrics_path is None else Path(metrics_path)
         result["pictures"] = write_pictures(cfg, family, nets, data.test_x, out, metrics)
 
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "eval.md").write_text(markdown_table(result) if result["rows"] else result["note"] + "\n")
+    (out / "eval.md").write_text(report_text(result))
     return result
