@@ -1,6 +1,7 @@
 """Generation metric (tgan/eval/generation.py): FID/KID in the dataset classifier's feature space,
 its cache, the Inception weights refusals, and the end-of-training evaluation's generation line."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def features(net, x):
 def test_classifier_is_cached_next_to_the_shards_and_learns_the_classes(cfg, classifier):
     net, accuracy = classifier
     path = classifier_cache_path(cfg)
-    assert path.is_file() and path.parent.parent == cfg.data.shards
+    assert path.is_file() and path.parent.parent == Path(cfg.data.shards)
     assert accuracy > 0.85  # far above the 10% of chance: its features know what digits look like
     # A second call reads the cache: the same weights, no retraining.
     generation._load_cached.cache_clear()
@@ -56,11 +57,13 @@ def test_classifier_is_cached_next_to_the_shards_and_learns_the_classes(cfg, cla
 def test_fid_is_near_zero_for_two_halves_of_the_real_set_and_large_for_noise(classifier, real):
     net, _ = classifier
     half = real.shape[0] // 2
-    a, b = features(net, real[:half]), features(net, real[half:2 * half])
-    noise = features(net, torch.rand_like(real[:half]) * 2 - 1)
+    shuffled = real[torch.randperm(real.shape[0], generator=torch.Generator().manual_seed(0))]
+    a, b = features(net, shuffled[:half]), features(net, shuffled[half:2 * half])
+    noise = features(net, torch.rand(half, *real.shape[1:], generator=torch.Generator().manual_seed(1)) * 2 - 1)
     same, far = fid_kid(a, b), fid_kid(a, noise)
-    assert far["fid"] > 50 * same["fid"] and far["fid"] > 1.0
-    assert far["kid"] > 50 * abs(same["kid"]) and abs(same["kid"]) < 3 * same["kid_std"] + 1e-3
+    assert far["fid"] > 100 * same["fid"]
+    # KID is unbiased: for one distribution it is 0 within its spread over subsets.
+    assert abs(same["kid"]) < 3 * same["kid_std"] and far["kid"] > 100 * same["kid_std"]
 
 
 def test_generation_metrics_score_a_generator_between_real_and_noise(cfg, classifier, real):
@@ -79,7 +82,7 @@ def test_evaluation_reports_the_generation_metric(cfg, classifier):
     family = get_family(cfg.model.family)
     torch.manual_seed(0)
     nets = family.build_networks(cfg.model, channels=1, image_size=16, num_classes=10)
-    out = cfg.train.out_dir
+    out = Path(cfg.train.out_dir)
     result = evaluate(load_config(DEBUG, [f"data.shards={cfg.data.shards}", f"train.out_dir={out}",
                                           "eval.fid_samples=50"]), nets, f"{out}/eval")
     gen = result["generation"]
@@ -112,5 +115,5 @@ def test_inception_weights_refuse_a_file_that_is_not_the_state_dict(tmp_path):
     ("eval.classifier_steps", 0, "an integer >= 1"),
 ])
 def test_generation_fields_are_validated(field, value, expected):
-    with pytest.raises(ConfigError, match=f"{field}={value} is invalid: expected {expected}"):
+    with pytest.raises(ConfigError, match=re.escape(f"{field}={value} is invalid: expected {expected}")):
         load_config(DEBUG, [f"{field}={value}"])
