@@ -45,6 +45,14 @@ def _one_of(values: tuple) -> str:
     return "one of " + ", ".join(map(str, values))
 
 
+MAX_DIM = 65536
+"""Upper bound of latent_dim and embedding_dim: far above any paper's size, far below what would
+make the first Linear layer ask for terabytes."""
+MIN_WIDTH, MAX_WIDTH = 1 / 64, 16.0
+"""model.width range: at 1/64 D's first layer (64 x width channels) keeps one channel; at 16 its last
+has 8192."""
+
+
 @dataclass(kw_only=True)
 class DataConfig:
     """Where the shards are and how each rank reads them."""
@@ -86,11 +94,15 @@ class DataConfig:
     """Check every shard's sha256 against the index before training starts."""
 
     def __post_init__(self) -> None:
+        _check(self.shards.strip() != "", "data.shards", self.shards,
+               "the shard directory (empty would read and write the current directory)")
         _check(self.image_size in IMAGE_SIZES, "data.image_size", self.image_size, _one_of(IMAGE_SIZES))
         _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "an integer >= 1")
         _check(self.labelled_batch_size >= 0, "data.labelled_batch_size", self.labelled_batch_size, "an integer >= 0")
         if self.labelled_fraction is not None and self.labels_per_class is not None:
-            raise ConfigError("data.labelled_fraction and data.labels_per_class are both set: set only one")
+            raise ConfigError(f"data.labelled_fraction={self.labelled_fraction!r} and data.labels_per_class="
+                              f"{self.labels_per_class!r} are both set (say, one by the recipe, one by --set): keep "
+                              "one, e.g. --set data.labels_per_class=null to use the fraction")
         if self.labelled_fraction is not None:
             f = self.labelled_fraction
             _check(0 < f <= 1, "data.labelled_fraction", f, "a number in (0, 1]")
@@ -125,9 +137,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.family in FAMILIES, "model.family", self.family, _one_of(FAMILIES))
-        _check(self.latent_dim >= 1, "model.latent_dim", self.latent_dim, "an integer >= 1")
-        _check(self.embedding_dim >= 1, "model.embedding_dim", self.embedding_dim, "K >= 1")
-        _check(self.width > 0, "model.width", self.width, "a number > 0")
+        _check(1 <= self.latent_dim <= MAX_DIM, "model.latent_dim", self.latent_dim, f"an integer in 1..{MAX_DIM}")
+        _check(1 <= self.embedding_dim <= MAX_DIM, "model.embedding_dim", self.embedding_dim, f"K in 1..{MAX_DIM}")
+        _check(MIN_WIDTH <= self.width <= MAX_WIDTH, "model.width", self.width,
+               f"a number in [1/64, {MAX_WIDTH:g}] (below 1/64 a layer would have no channel)")
 
 
 @dataclass(kw_only=True)
@@ -222,6 +235,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
+        _check(self.out_dir.strip() != "", "train.out_dir", self.out_dir,
+               "a run directory (empty would write into the current directory)")
         _check(self.time_limit_s >= 0, "train.time_limit_s", self.time_limit_s, "a number of seconds >= 0 (0 = off)")
         _check(self.device in ("auto", "cpu", "cuda"), "train.device", self.device, "auto, cpu or cuda")
         _check(self.log_every >= 1, "train.log_every", self.log_every, "an integer >= 1")
@@ -270,6 +285,8 @@ class EvalConfig:
         _check(self.max_k >= 1, "eval.max_k", self.max_k, "an integer >= 1")
         _check(self.every >= 0, "eval.every", self.every, "an integer >= 0 (0 = off)")
         _check(self.gallery_size >= 1, "eval.gallery_size", self.gallery_size, "an integer >= 1")
+        _check(self.max_train >= 0, "eval.max_train", self.max_train, "an integer >= 0 (0 = all)")
+        _check(self.max_test >= 0, "eval.max_test", self.max_test, "an integer >= 0 (0 = all)")
         _check(self.probe in PROBES, "eval.probe", self.probe, _one_of(PROBES))
         _check(self.fid_samples == 0 or self.fid_samples >= 2, "eval.fid_samples", self.fid_samples,
                "0 (off) or an integer >= 2")
@@ -289,6 +306,7 @@ class ClusterConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
+    """GPUs per worker when use_gpu (a fraction lets workers share a GPU)."""
     storage_path: str = ""
     """Absolute path or URI (s3://, gs://) for checkpoints; empty = <out_dir>/ray (absolute). Multi-node needs shared storage."""
     max_failures: int = 0
@@ -309,6 +327,11 @@ class ClusterConfig:
         _check(self.backend in ("ddp", "deepspeed"), "cluster.backend", self.backend, "ddp or deepspeed")
         _check(self.num_workers >= 1, "cluster.num_workers", self.num_workers, "an integer >= 1")
         _check(self.cpus_per_worker > 0, "cluster.cpus_per_worker", self.cpus_per_worker, "a number > 0")
+        _check(self.gpus_per_worker > 0, "cluster.gpus_per_worker", self.gpus_per_worker,
+               "a number > 0 (fractions share a GPU; it counts only with cluster.use_gpu)")
+        _check(self.storage_path == "" or Path(self.storage_path).is_absolute() or "://" in self.storage_path,
+               "cluster.storage_path", self.storage_path,
+               "empty, an absolute path or a URI such as s3://bucket/runs (every node resolves it)")
         _check(self.max_failures >= -1, "cluster.max_failures", self.max_failures, "an integer >= -1")
         _check(self.autoscale_timeout_s >= 0, "cluster.autoscale_timeout_s", self.autoscale_timeout_s,
                "a number of seconds >= 0 (0 = never wait)")
@@ -371,14 +394,44 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     raise ConfigError(f"{name}={value!r} has the wrong type: expected {hint}")
 
 
+def _duplicate_key(node: yaml.Node, prefix: str = "") -> str | None:
+    """'train.steps (lines 2 and 3)' for the first key given twice in a mapping; YAML keeps the last silently."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for key, value in node.value:
+            name = f"{prefix}{key.value}"
+            if key.value in seen:
+                return f"{name} (lines {seen[key.value]} and {key.start_mark.line + 1})"
+            seen[key.value] = key.start_mark.line + 1
+            found = _duplicate_key(value, f"{name}.")
+            if found:
+                return found
+    return None
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML (safe: no Python tags) with syntax errors and duplicate keys as one-line ConfigErrors naming `where`."""
+    try:
+        duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{where} is not valid YAML{at}: {what}") from e
+    if duplicate:
+        raise ConfigError(f"{where}: duplicate key {duplicate}: give each key once")
+    return value
+
+
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """["loss.alpha=20", "train.steps=5"] (--set) -> {"loss.alpha": 20, "train.steps": 5}; values are YAML."""
     parsed = {}
     for item in items:
-        if "=" not in item:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. loss.alpha=20)")
-        key, raw = item.split("=", 1)
-        parsed[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+        parsed[key.strip()] = parse_yaml(raw, f"--set {item!r}") if raw != "" else ""
     return parsed
 
 
@@ -402,9 +455,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     values: dict = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"recipe {p} is a directory: give a YAML file, e.g. launch/recipes/debug.yaml")
         if not p.is_file():
             raise ConfigError(f"recipe {p} does not exist (recipes live in launch/recipes/)")
-        values = yaml.safe_load(p.read_text()) or {}
+        try:
+            text = p.read_text()
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"recipe {p} is not a text file ({e.reason} at byte {e.start}): give a YAML recipe") from e
+        values = parse_yaml(text, f"recipe {p}") or {}
         if not isinstance(values, dict):
             raise ConfigError(f"recipe {p} must be a YAML mapping of sections (data, model, loss, ...)")
     return apply_overrides(values, parse_overrides(overrides))

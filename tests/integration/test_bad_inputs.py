@@ -17,6 +17,7 @@ import functools
 import importlib.util
 import io
 import json
+import logging
 import os
 import shutil
 import tarfile
@@ -110,6 +111,17 @@ def _ray_args(*sets: str) -> list[str]:
     return ["--config", "{debug}", *[a for s in sets for a in ("--set", s)], "--dry-run"]
 
 
+class _WarningLines(logging.Handler):
+    """Logged warnings of the case: a repaired input may be reported by a log line instead of a `note:`."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"note: {record.getMessage()}")
+
+
 def _files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
@@ -124,6 +136,8 @@ def outcome(case: Case, ctx: Ctx) -> Outcome:
     argv = [a.format(**fill) for a in case.args]
     before = _files(ctx.tmp)
     out, err = io.StringIO(), io.StringIO()
+    warnings = _WarningLines()
+    logging.getLogger().addHandler(warnings)
     cwd = os.getcwd()
     os.chdir(ctx.tmp)
     try:
@@ -136,6 +150,7 @@ def outcome(case: Case, ctx: Ctx) -> Outcome:
                 return Outcome("traceback", None, out.getvalue() + err.getvalue() + traceback.format_exc(limit=3))
     finally:
         os.chdir(cwd)
+        logging.getLogger().removeHandler(warnings)
     text = out.getvalue() + err.getvalue()
     if "Traceback (most recent call last)" in text:
         return Outcome("traceback", rc, text)
@@ -145,7 +160,7 @@ def outcome(case: Case, ctx: Ctx) -> Outcome:
     if case.tolerate:
         if rc != 0:
             return Outcome("wrong-message", rc, text, "refused an input that should be repaired")
-        notes = [ln for ln in text.splitlines() if ln.startswith("note:")]
+        notes = [ln for ln in text.splitlines() if ln.startswith("note:")] + warnings.lines
         if problem or len(notes) != 1:
             return Outcome("silent", rc, text, problem or f"{len(notes)} note lines")
         missing = [n for n in case.names if n not in notes[0]]
@@ -296,7 +311,7 @@ CASES = [
     Case("shards-missing-not-digits", "train", _train_args("data.dataset=cifar10", "data.shards={tmp}/none"),
          ("data.shards",)),
     Case("labelled-batch-over-subset", "train", _train_args("data.labels_per_class=1", "data.labelled_batch_size=16"),
-         ("data.labelled_batch_size=16", "10")),
+         ("data.labelled_batch_size=16", "10 examples", "repeats"), tolerate=True, may_write=("run",)),
     Case("fraction-on-cli-vs-recipe-per-class", "train", _train_args("data.labelled_fraction=0.1"),
          ("data.labels_per_class=null",)),
     Case("labelled-fraction-zero", "train", _train_args("data.labels_per_class=null", "data.labelled_fraction=0"),

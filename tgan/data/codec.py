@@ -84,7 +84,13 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def decode_label(sample: dict) -> int:
-    return int(sample["cls"]) if "cls" in sample else -1
+    """The `.cls` member as an int (-1 without one); ValueError naming the bytes when it is not a number."""
+    if "cls" not in sample:
+        return -1
+    try:
+        return int(sample["cls"])
+    except ValueError:
+        raise ValueError(f".cls member {sample['cls'][:20]!r} is not a class number") from None
 
 
 class TarError(ValueError):

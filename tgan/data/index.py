@@ -77,8 +77,16 @@ class DatasetIndex:
         return str(self.root / INDEX_NAME) if self.root is not None else "index"
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def index_from_dict(d: dict, root: Path | None = None) -> DatasetIndex:
     where = str(root / INDEX_NAME) if root is not None else "index"
+    if not isinstance(d, dict) or not isinstance(d.get("splits"), dict):
+        found = type(d.get("splits") if isinstance(d, dict) else d).__name__
+        raise DataError(f"{where} is malformed: 'splits' must map split names (train, test) to their shards, "
+                        f"found a {found}; rerun launch/prepare_data.py to rewrite it")
     try:
         splits = {
             name: SplitIndex(count=s["count"], counts_per_class=list(s["counts_per_class"]),
@@ -87,8 +95,14 @@ def index_from_dict(d: dict, root: Path | None = None) -> DatasetIndex:
         }
         fields = {k: d[k] for k in ("dataset", "image_size", "channels", "num_classes", "class_names",
                                     "attribute_names", "shard_size")}
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, AttributeError) as e:
         raise DataError(f"{where} is malformed ({e!r}); rerun launch/prepare_data.py to rewrite it") from e
+    for name, split in splits.items():
+        counts = [("count", split.count), *((f"shards[{i}].count", s.count) for i, s in enumerate(split.shards))]
+        bad = [(field_, v) for field_, v in counts if not _is_count(v)]
+        if bad:
+            raise DataError(f"{where} is malformed: splits.{name}.{bad[0][0]}={bad[0][1]!r} is not a count; "
+                            "rerun launch/prepare_data.py to rewrite it")
     if d.get("format") != FORMAT_VERSION:
         raise DataError(f"{where} has format {d.get('format')!r}, this code reads {FORMAT_VERSION}: "
                         "rerun launch/prepare_data.py")

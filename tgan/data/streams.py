@@ -97,8 +97,19 @@ class Held:
     def __init__(self, chosen: list[tuple[str, int, tuple[int, bytes]]], index: DatasetIndex):
         self.keys = [k for k, _, _ in chosen]
         self.labels = torch.tensor([c for _, c, _ in chosen], dtype=torch.int64)
-        self.images = torch.stack([decode_image(png, size=index.image_size, channels=index.channels)
-                                   for _, _, (_, png) in chosen]) if chosen else torch.empty(0, dtype=torch.uint8)
+        self.images = torch.stack([_decode_held(key, i, png, index) for key, _, (i, png) in chosen]) \
+            if chosen else torch.empty(0, dtype=torch.uint8)
+
+
+def _decode_held(key: str, shard: int, png: bytes, index: DatasetIndex) -> torch.Tensor:
+    """Decode an image kept in memory (labelled, validation, gallery): one that does not decode cannot be
+    skipped like a corrupt sample of the unlabelled stream, so it is refused naming its shard and key."""
+    try:
+        return decode_image(png, size=index.image_size, channels=index.channels)
+    except (ValueError, OSError) as e:  # PIL raises OSError subclasses for damaged pixel data
+        path = index.shard_path(index.split("train").shards[shard])
+        raise DataError(f"shard {path}, sample {key}: the image does not decode ({type(e).__name__}: {e}); "
+                        "rerun launch/prepare_data.py") from e
 
 
 class Streams:
@@ -161,7 +172,10 @@ def _scan_train(index: DatasetIndex, selector: Selection) -> None:
             if "png" not in sample:
                 raise DataError(f"{where}: no .png member")
             check_image(sample["png"], size=index.image_size, channels=index.channels, where=where)
-            cls = decode_label(sample)
+            try:
+                cls = decode_label(sample)
+            except ValueError as e:
+                raise DataError(f"{where}: {e}; rerun launch/prepare_data.py") from e
             if index.num_classes and not 0 <= cls < index.num_classes:
                 raise DataError(f"{where}: class {cls} outside 0..{index.num_classes - 1}")
             selector.offer(sample["__key__"], cls, (i, sample["png"]))
@@ -182,6 +196,10 @@ def build_streams(cfg: DataConfig, *, rank: int, world_size: int, seed: int, gal
     labelled = None
     if want_labels:
         held = Held(selection.labelled(), index)
+        if cfg.labelled_batch_size > len(held.keys) and rank == 0:
+            log.warning("data.labelled_batch_size=%d is more than the labelled subset's %d examples: every labelled "
+                        "batch repeats examples (it is drawn over %.1f passes of the subset)",
+                        cfg.labelled_batch_size, len(held.keys), cfg.labelled_batch_size / len(held.keys))
         labelled = LabelledStream(held.images, held.labels, held.keys, batch_size=cfg.labelled_batch_size,
                                   seed=seed, rank=rank,
                                   augment=cfg.augment if cfg.labelled_augment is None else cfg.labelled_augment)
@@ -228,8 +246,11 @@ def iter_split(shards_dir: str | Path, split: str, *, batch_size: int = 1000, li
         for sample in read_shard(index.shard_path(shard), shard.count, missing):
             where = f"shard {index.shard_path(shard)}, sample {sample['__key__']}"
             check_image(sample.get("png", b""), size=index.image_size, channels=index.channels, where=where)
-            xs.append(decode_image(sample["png"], size=index.image_size, channels=index.channels))
-            ys.append(decode_label(sample))
+            try:
+                xs.append(decode_image(sample["png"], size=index.image_size, channels=index.channels))
+                ys.append(decode_label(sample))
+            except (ValueError, OSError) as e:
+                raise DataError(f"{where}: {type(e).__name__}: {e}; rerun launch/prepare_data.py") from e
             total += 1
             if len(xs) == batch_size or total == limit:
                 yield to_float(torch.stack(xs)), torch.tensor(ys, dtype=torch.int64)

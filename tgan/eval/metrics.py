@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tgan.config import ConfigError, EvalConfig
+
 DEFAULT_BLOCK_ELEMENTS = 1 << 22
 """About 4M distances per chunk: with the sort keys and the AP buffers, ~150 MB of working memory."""
 
@@ -30,6 +32,16 @@ class RetrievalResult:
     """Mean over queries of the average precision of the full gallery ranking (relevant = same class)."""
     num_queries_without_relevant: int
     """Queries whose class has no gallery item: they have no AP and are left out of the mAP mean."""
+
+
+def check_gallery(cfg: EvalConfig, train_count: int, where: str) -> None:
+    """Refuse eval.max_k larger than the gallery (the first eval.max_train of the `train_count`
+    training images of `where`), before a run trains or an evaluation writes anything."""
+    gallery = min(cfg.max_train, train_count) if cfg.max_train else train_count
+    if cfg.max_k > gallery:
+        limit = f"eval.max_train={cfg.max_train} of the {train_count} in {where}" if cfg.max_train else where
+        raise ConfigError(f"eval.max_k={cfg.max_k} is more than the k-NN gallery holds ({gallery} training images, "
+                          f"{limit}): use eval.max_k <= {gallery}")
 
 
 def _check_inputs(gallery: torch.Tensor, gallery_labels: torch.Tensor, queries: torch.Tensor,

@@ -72,8 +72,11 @@ def grad_norm_plot(metrics_path: Path, path: Path, key: str) -> Path | None:
         return None
     points = []
     for line in metrics_path.read_text().splitlines():
-        record = json.loads(line) if line.strip() else {}
-        if key in record and "step" in record:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a run killed mid-line leaves a partial last line
+            continue
+        if record.get(key) is not None and "step" in record:  # null: a non-finite value (see train.loop)
             points.append((record["step"], record[key]))
     if not points:
         return None

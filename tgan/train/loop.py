@@ -10,6 +10,7 @@ trained networks in DDP); everything rank-dependent goes through tgan.dist.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -27,6 +28,7 @@ from tgan import dist
 from tgan.config import Config, ConfigError, dump_yaml
 from tgan.data.index import DataError
 from tgan.data.streams import build_streams
+from tgan.eval.metrics import check_gallery
 from tgan.eval.validation import LiveValidation
 from tgan.families import get_family
 from tgan.families.base import Group, build_networks
@@ -153,10 +155,29 @@ def _maybe_fault(cfg: Config, step: int) -> None:
 
 
 def _trim_metrics(path: Path, last_step: int) -> None:
-    """On resume, drop metric lines of steps after the checkpoint: they are about to be redone."""
-    if path.is_file():
-        lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= last_step]
-        path.write_text("".join(ln + "\n" for ln in lines))
+    """On resume, drop metric lines of steps after the checkpoint: they are about to be redone. A line
+    that is not JSON (the writer was killed mid-line) is dropped too, with a note."""
+    if not path.is_file():
+        return
+    kept, broken = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            broken += 1
+            continue
+        if row["step"] <= last_step:
+            kept.append(line)
+    if broken:
+        print(f"note: {path}: dropped {broken} partial line(s) (a run killed while writing it)", flush=True)
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _metrics_line(step: int, scalars: dict[str, float]) -> str:
+    """One JSON line; non-finite values (not JSON) become null and are listed under "nonfinite"."""
+    bad = sorted(k for k, v in scalars.items() if not math.isfinite(v))
+    row = {"step": step, **{k: None if k in bad else v for k, v in scalars.items()}}
+    return json.dumps({**row, "nonfinite": bad} if bad else row, allow_nan=False) + "\n"
 
 
 def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | None = None,
@@ -171,14 +192,14 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
     if cfg.train.deterministic:
         use_deterministic_kernels()
     out = Path(cfg.train.out_dir)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        dump_yaml(cfg, out / "config.yaml")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"train.out_dir={str(out)!r} is a file: give a directory (new or holding a run)")
     ensure_shards(cfg.data)
 
     streams = build_streams(cfg.data, rank=rank, world_size=world, seed=cfg.train.seed,
                             gallery_size=cfg.eval.gallery_size if cfg.eval.every else 0)
     index = streams.index
+    check_gallery(cfg.eval, index.split("train").count, index.location())  # the evaluation after training
     meta = {"channels": index.channels, "image_size": index.image_size, "num_classes": index.num_classes}
     family = get_family(cfg.model.family)
     # Same initial weights on every rank (DDP would broadcast rank 0's anyway; this keeps W=1 and W>1 equal).
@@ -192,6 +213,9 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
         for name, net in nets.items():
             net.load_state_dict(state["nets"][name])
         start, counters, last_ckpt = state["step"], state["counters"], resume
+    if rank == 0:  # only now that the data, the settings and the checkpoint have been accepted
+        out.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, out / "config.yaml")
     for net in nets.values():
         net.to(device).train()
     backend = backend if backend is not None else TorchBackend()
@@ -237,7 +261,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
                     rank_state={"world_size": world, "rng": ckpt.rng_state(), "data": streams.state_dict()})
             if is_log and rank == 0:
                 with (out / "metrics.jsonl").open("a") as f:
-                    f.write(json.dumps({"step": step, **scalars}) + "\n")
+                    f.write(_metrics_line(step, scalars))
             if reporter is not None:
                 reporter(step, scalars, saved_path)
             if give_up:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tgan import dist
 from tgan.config import DataConfig
-from tgan.data.index import INDEX_NAME
+from tgan.data.index import INDEX_NAME, DataError
 from tgan.data.prepare import write_shards
 from tgan.data.sources import make_source
 
@@ -19,6 +19,9 @@ DIGITS_SHARD_SIZE = 200
 
 def ensure_shards(data_cfg: DataConfig) -> Path:
     shards = Path(data_cfg.shards)
+    if shards.exists() and not shards.is_dir():
+        raise DataError(f"data.shards={str(shards)!r} is a file: give the directory that launch/prepare_data.py "
+                        "wrote (it holds index.json)")
     if not (shards / INDEX_NAME).is_file():
         if data_cfg.dataset != "digits":
             raise FileNotFoundError(
