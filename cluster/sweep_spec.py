@@ -33,9 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from tgan.config import Config, ConfigError, apply_overrides
+from tgan.config import Config, ConfigError, apply_overrides, parse_yaml
 from tgan.eval.validation import validation_keys
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -168,7 +167,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--sweep {p} does not exist (sweep specs live in launch/sweeps/)")
-    return parse_spec(yaml.safe_load(p.read_text()), source=str(p))
+    return parse_spec(parse_yaml(p.read_text(), f"--sweep {p}"), source=str(p))
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -176,7 +175,7 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     grid: dict[str, list] = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
+        values = [parse_yaml(v, f"--grid {item!r}") for v in raw.split(",") if v.strip()]
         if not sep or not key.strip() or not values:
             raise ConfigError(f"--grid {item!r} is not of the form section.field=v1,v2,... (e.g. --grid loss.alpha=0.2,2,20)")
         if key in grid:

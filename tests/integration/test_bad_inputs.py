@@ -268,7 +268,7 @@ def _strict_json_lines(ctx: Ctx, steps: range, flagged: bool = False) -> str | N
 
 CASES = [
     # Recipe files.
-    Case("recipe-yaml-syntax", "train", _recipe_args(), ("recipe.yaml", "line 2"),
+    Case("recipe-yaml-syntax", "train", _recipe_args(), ("recipe.yaml", "line 3"),
          setup=_recipe("data:\n  shards: [unclosed\nmodel:\n  width: 1\n")),
     Case("recipe-binary", "train", _recipe_args(), ("recipe.yaml",),
          setup=_recipe(bytes(range(256)) * 4)),
@@ -276,9 +276,9 @@ CASES = [
     Case("recipe-missing", "train", ["--config", "{tmp}/nope.yaml"], ("nope.yaml", "does not exist")),
     Case("recipe-a-list", "train", _recipe_args(), ("recipe.yaml", "mapping"),
          setup=_recipe("- data\n- model\n")),
-    Case("recipe-duplicate-section", "train", _recipe_args(), ("duplicate", "train", "line 3"),
+    Case("recipe-duplicate-section", "train", _recipe_args(), ("duplicate key train (lines 1 and 3)",),
          setup=_recipe("train:\n  steps: 2\ntrain:\n  seed: 3\n")),
-    Case("recipe-duplicate-field", "train", _recipe_args(), ("duplicate", "train.steps", "line 3"),
+    Case("recipe-duplicate-field", "train", _recipe_args(), ("duplicate key train.steps (lines 2 and 3)",),
          setup=_recipe("train:\n  steps: 2\n  steps: 3\n")),
     Case("recipe-python-tag", "train", _recipe_args(), ("recipe.yaml",),
          setup=_recipe("train: !!python/object/apply:os.system ['echo pwned']\n")),

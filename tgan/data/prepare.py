@@ -69,7 +69,11 @@ def write_shards(source: Source, out: str | Path, *, shard_size: int = DEFAULT_S
     """Write `<out>/{train,test}-NNNNNN.tar` and `<out>/index.json`; returns the index."""
     if shard_size < 1:
         raise DataError(f"--shard-size {shard_size} is invalid: expected an integer >= 1")
+    if not str(out).strip():  # Path("") is the current directory
+        raise DataError("--out is empty: give the directory to write the shards and index.json into")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file: give a directory for the shards and index.json")
     out.mkdir(parents=True, exist_ok=True)
     num_classes = len(source.class_names)
     header = {"format": FORMAT_VERSION, "dataset": source.dataset, "image_size": source.image_size,
