@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
               "evaluation (the networks and their config come from the checkpoint)", file=sys.stderr)
         return 2
     # Imported here so that argument errors need neither torch's model code nor the data code.
+    from tgan.data.index import load_index
     from tgan.dist import resolve_device
+    from tgan.eval.metrics import check_gallery
     from tgan.eval.run import evaluate
 
     try:
@@ -57,16 +59,20 @@ def main(argv: list[str] | None = None) -> int:
         saved, nets = load_networks(checkpoint)
         run_dir = run_directory(checkpoint)
         out = Path(args.out) if args.out else (run_dir or checkpoint) / "eval" / checkpoint.name
-        out.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"--out {out} is a file: give a directory for eval.json, eval.md and the pictures")
         # The checkpoint's config, with the overrides applied the same way as for training.
         cfg = apply_overrides(saved, parse_overrides(args.overrides))
+        index = load_index(cfg.data.shards)
+        check_gallery(cfg.eval, index.split("train").count, index.location())
+        out.mkdir(parents=True, exist_ok=True)  # only now that the settings and the data are accepted
         dump_yaml(cfg, out / "config.yaml")
         device = resolve_device(cfg.train.device)
         for net in nets.values():
             net.to(device)
         metrics = run_dir / "metrics.jsonl" if run_dir else None
         result = evaluate(cfg, nets, out, metrics_path=metrics)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError, NotADirectoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{cfg.model.family} checkpoint {checkpoint}: {result['num_test']} test queries against "
