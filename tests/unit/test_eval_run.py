@@ -136,6 +136,16 @@ def test_grad_norm_plot_needs_the_file_and_the_key(tmp_path):
     assert Image.open(tmp_path / "a.png").size == (600, 350)
 
 
+def test_grad_norm_plot_skips_null_values_and_a_partial_last_line(tmp_path):
+    """A non-finite value is written as null (train.loop), a killed run leaves half a line."""
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps({"step": 1, "grad_norm/G": None, "nonfinite": ["grad_norm/G"]}) + "\n"
+                       '{"step": 2, "grad_norm/G": 0.')
+    assert grad_norm_plot(metrics, tmp_path / "a.png") is None  # no finite point
+    metrics.write_text(json.dumps({"step": 1, "grad_norm/G": 0.5}) + "\n" + metrics.read_text())
+    assert grad_norm_plot(metrics, tmp_path / "a.png") == tmp_path / "a.png"
+
+
 def test_cli_evaluates_the_newest_checkpoint_of_a_run_and_prints_the_table(trained, tmp_path, capsys):
     from tgan.app.evaluate import main
 
