@@ -141,9 +141,9 @@ def test_grad_norm_plot_skips_null_values_and_a_partial_last_line(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text(json.dumps({"step": 1, "grad_norm/G": None, "nonfinite": ["grad_norm/G"]}) + "\n"
                        '{"step": 2, "grad_norm/G": 0.')
-    assert grad_norm_plot(metrics, tmp_path / "a.png") is None  # no finite point
+    assert grad_norm_plot(metrics, tmp_path / "a.png", key="grad_norm/G") is None  # no finite point
     metrics.write_text(json.dumps({"step": 1, "grad_norm/G": 0.5}) + "\n" + metrics.read_text())
-    assert grad_norm_plot(metrics, tmp_path / "a.png") == tmp_path / "a.png"
+    assert grad_norm_plot(metrics, tmp_path / "a.png", key="grad_norm/G") == tmp_path / "a.png"
 
 
 def test_cli_evaluates_the_newest_checkpoint_of_a_run_and_prints_the_table(trained, tmp_path, capsys):
