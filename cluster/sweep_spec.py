@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from tgan.config import Config, ConfigError, apply_overrides, parse_yaml
 from tgan.eval.validation import validation_keys
 

@@ -368,6 +368,8 @@ CASES = [
     Case("grid-no-values", "sweep", ["--config", "{debug}", "--grid", "loss.alpha"], ("--grid",)),
     Case("grid-unclosed-list", "sweep", ["--config", "{debug}", "--grid", "loss.alpha=[1,2"], ("loss.alpha",)),
     Case("grid-unknown-field", "sweep", ["--config", "{debug}", "--grid", "loss.alhpa=1,2"], ("loss.alhpa",)),
+    Case("sweep-spec-yaml-syntax", "sweep", ["--config", "{debug}", "--sweep", "{tmp}/spec.yaml"], ("spec.yaml",),
+         setup=_file("spec.yaml", "space:\n  loss.alpha: {grid: [1, 2\n")),
     Case("grid-invalid-value", "sweep", ["--config", "{debug}", "--grid", "loss.alpha=-1,2"], ("loss.alpha",)),
     # launch/evaluate.py.
     Case("eval-checkpoint-missing", "eval", ["{tmp}/nope"], ("nope",)),
