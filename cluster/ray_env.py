@@ -73,10 +73,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def connect(metrics_export_port: int | None = None) -> RayConnection:
+def connect(metrics_export_port: int | None = None, *, dashboard: bool = False) -> RayConnection:
     """Join the cluster named by RAY_ADDRESS (also what `ray job submit` sets for its drivers), or
     start a local Ray in this process. A local Ray exports metrics on `metrics_export_port` (a free
-    port when None) at /metrics, like the metrics agent of every KubeRay node does on port 8080."""
+    port when None) at /metrics, like the metrics agent of every KubeRay node does on port 8080.
+
+    `dashboard`: start the local Ray with its dashboard (on a free port). Sweeps need it: Tune stops
+    and pauses trials (ASHA, PBT) by killing their driver, and Ray Train's PlacementGroupCleaner then
+    frees the killed run's placement groups only if it can query the State API, which the dashboard
+    serves; without it their CPUs stay reserved and later trials wait forever. Clusters have one."""
     if ray.is_initialized():
         return RayConnection(address=os.environ.get("RAY_ADDRESS", "local"), metrics_url=None)
     address = os.environ.get("RAY_ADDRESS", "").strip()
@@ -88,7 +93,8 @@ def connect(metrics_export_port: int | None = None) -> RayConnection:
             raise ClusterError(f"RAY_ADDRESS={address!r}: could not join the Ray cluster: {e}") from e
         return RayConnection(address=address, metrics_url=None)
     port = metrics_export_port or free_port()
-    ray.init(include_dashboard=False, _metrics_export_port=port,
+    extra = {"dashboard_port": free_port()} if dashboard else {}
+    ray.init(include_dashboard=dashboard, _metrics_export_port=port, **extra,
              # Push worker metrics to the agent every second instead of every 10 s, so short local
              # runs show up in a scrape; clusters keep Ray's default.
              _system_config={"metrics_report_interval_ms": 1000})

@@ -30,6 +30,23 @@ LIVE = {"model.family": "mbgan", "data.labelled_batch_size": 0, "data.validation
 RESOURCES = {"num_workers": 1, "cpus_per_worker": 0.5}
 
 
+@pytest.fixture(scope="module")
+def sweep_ray():
+    """A local Ray started the way launch/sweep.py starts one (with the dashboard, see
+    cluster.ray_env.connect); yields its metrics URL."""
+    import ray
+
+    from cluster.ray_env import connect
+
+    if ray.is_initialized():
+        ray.shutdown()
+    saved = os.environ.pop("RAY_ADDRESS", None)
+    yield connect(dashboard=True).metrics_url
+    ray.shutdown()
+    if saved is not None:
+        os.environ["RAY_ADDRESS"] = saved
+
+
 def run_spec(shards, out, raw):
     spec = parse_spec({"set": LIVE, "resources": RESOURCES, **raw}, "test spec")
     base = load_config(DEBUG, [f"data.shards={shards}", f"train.out_dir={out}", *spec.overrides])
@@ -42,14 +59,14 @@ def reported(results):
     return {r.metrics["trial_id"]: r.metrics_dataframe.to_dict("records") for r in results}
 
 
-def test_asha_stops_the_worse_trial_early_on_live_validation(local_ray, shards, tmp_path):
+def test_asha_stops_the_worse_trial_early_on_live_validation(sweep_ray, shards, tmp_path):
     # A 10-image gallery (one per class) gives a far higher validation mAP than a 300-image one, so
     # the second trial is the worse one at ASHA's first rung (step 2) and is stopped there.
     scraped, stop = [], threading.Event()
 
     def scrape():  # a dead worker's values leave the metrics endpoint, so look while trials run
         while not stop.wait(1.0):
-            text = urllib.request.urlopen(local_ray, timeout=10).read().decode()
+            text = urllib.request.urlopen(sweep_ray, timeout=10).read().decode()
             scraped.extend(line for line in text.splitlines() if line.startswith("ray_tgan_validation{"))
 
     scraper = threading.Thread(target=scrape, daemon=True)
@@ -81,7 +98,8 @@ def test_asha_stops_the_worse_trial_early_on_live_validation(local_ray, shards, 
     assert any('metric="knn5"' in line for line in scraped)
 
 
-def test_pbt_copies_the_better_trials_checkpoint_and_the_copy_continues_from_its_step(local_ray, shards, tmp_path):
+def test_pbt_copies_the_better_trials_checkpoint_and_the_copy_continues_from_its_step(sweep_ray, shards,
+                                                                                     tmp_path):
     rows, results = run_spec(shards, tmp_path / "pbt", {
         "set": {**LIVE, "train.steps": 4}, "space": {"optim.lr_d": {"choice": [1e-4, 1e-3]}}, "search": "random", "num_samples": 2,
         "scheduler": "pbt", "pbt": {"perturbation_interval": 2, "synch": True,
