@@ -13,6 +13,8 @@ def main(argv: list[str] | None = None) -> int:
     p = recipe_parser("Train a metric-learning GAN from a YAML recipe on Ray Train.")
     p.add_argument("--resume", action="store_true",
                    help="continue the stopped run in train.out_dir from its last checkpoint")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Ray Train's own INFO logs (each report's metrics dict, each checkpoint)")
     args = p.parse_args(argv)
     cfg = resolve_config(args)
     if isinstance(cfg, int):
@@ -20,21 +22,24 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so that --dry-run and config errors start no Ray.
     from cluster.ray_env import ClusterError
     from cluster.trainer import evaluate_checkpoint, run
-    from tgan.eval.run import report_text
+    from tgan import runinfo
+    from tgan.eval.run import evaluated_files, report_text
     from tgan.train.loop import USER_ERRORS
 
     try:
-        result = run(cfg, resume=args.resume)
+        result = run(cfg, resume=args.resume, verbose=args.verbose)
     except (ClusterError, *USER_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     out = Path(cfg.train.out_dir).resolve()
     eval_dir = out / "eval"
     table = evaluate_checkpoint(result.checkpoint, eval_dir)
+    summary = runinfo.record_phase(out, "evaluation", table["seconds"])
     print(f"done: {result.step} steps")
     print(f"checkpoints: {out / 'checkpoints'} (Ray's copy: {result.run_dir}; last {result.checkpoint.path})")
-    print(f"metrics: {out / 'metrics.jsonl'}")
-    print(f"samples and evaluation: {eval_dir} (eval.json, eval.md, pictures)")
+    print(f"metrics: {out / 'metrics.jsonl'}; times and machine: {out / runinfo.RUN_JSON}")
+    print(f"evaluation: {eval_dir} ({evaluated_files(table)}; open index.html)")
+    print(f"run: {runinfo.describe(summary)}")
     print(report_text(table), end="")
     return 0
 

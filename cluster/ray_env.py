@@ -73,15 +73,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def connect(metrics_export_port: int | None = None, *, dashboard: bool = False) -> RayConnection:
+def connect(metrics_export_port: int | None = None) -> RayConnection:
     """Join the cluster named by RAY_ADDRESS (also what `ray job submit` sets for its drivers), or
     start a local Ray in this process. A local Ray exports metrics on `metrics_export_port` (a free
     port when None) at /metrics, like the metrics agent of every KubeRay node does on port 8080.
 
-    `dashboard`: start the local Ray with its dashboard (on a free port). Sweeps need it: Tune stops
-    and pauses trials (ASHA, PBT) by killing their driver, and Ray Train's PlacementGroupCleaner then
-    frees the killed run's placement groups only if it can query the State API, which the dashboard
-    serves; without it their CPUs stay reserved and later trials wait forever. Clusters have one."""
+    A local Ray starts its dashboard (loopback, a free port): it serves the State API that Ray
+    Train's PlacementGroupCleaner queries. Sweeps need that most: Tune stops and pauses trials (ASHA,
+    PBT) by killing their driver, and the cleaner frees the killed run's placement groups only if it
+    can query the State API; without it their CPUs stay reserved and later trials wait forever."""
     if ray.is_initialized():
         return RayConnection(address=os.environ.get("RAY_ADDRESS", "local"), metrics_url=None)
     address = os.environ.get("RAY_ADDRESS", "").strip()
@@ -93,8 +93,16 @@ def connect(metrics_export_port: int | None = None, *, dashboard: bool = False) 
             raise ClusterError(f"RAY_ADDRESS={address!r}: could not join the Ray cluster: {e}") from e
         return RayConnection(address=address, metrics_url=None)
     port = metrics_export_port or free_port()
-    extra = {"dashboard_port": free_port()} if dashboard else {}
-    ray.init(include_dashboard=dashboard, _metrics_export_port=port, **extra,
+    # Token auth, as Ray 2.60 picks for a new local cluster anyway; set explicitly it is not warned about.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # Ray Train's preemption watcher follows node draining on clusters; a single machine is never
+    # drained, and starting it makes the controller log an error-level line about its restarts.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    ray.init(_metrics_export_port=port,
+             # The dashboard serves Ray's State API, which Ray Train's PlacementGroupCleaner polls
+             # every second to see whether the controller is alive: without it (include_dashboard=False)
+             # every poll fails and logs "Failed to query Ray Train Controller actor state". Loopback only.
+             include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
              # Push worker metrics to the agent every second instead of every 10 s, so short local
              # runs show up in a scrape; clusters keep Ray's default.
              _system_config={"metrics_report_interval_ms": 1000})

@@ -194,7 +194,7 @@ def sweep(base: Config, spec: SweepSpec, *, resume: bool = False):
     from cluster import ray_env
 
     base = prepare(base, spec, resume=resume)
-    ray_env.connect(dashboard=True)
+    ray_env.connect()  # a local Ray with the dashboard (see connect)
     ray_env.ensure_resources(base.cluster, groups=spec.max_concurrent or 1)
     return tuner(base, spec, resume=resume).fit(), base
 

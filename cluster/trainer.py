@@ -18,15 +18,17 @@ because a restarted worker may land on another node.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray.train
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2.api.exceptions import WorkerGroupError
 
 from cluster import ray_env
+from tgan import runinfo
 from tgan.config import Config, apply_overrides, config_from_dict
 from tgan.train import checkpoint as ckpt
 from tgan.train.backend import Backend, TorchBackend
@@ -127,9 +129,14 @@ def check_run_dir(cfg: Config, run_dir: str, resume: bool) -> None:
 
 
 def build_trainer(cfg: Config, storage: str, worker=train_worker, *, name: str | None = None,
-                  callbacks: list | None = None) -> TorchTrainer:
+                  callbacks: list | None = None, verbose: bool = False) -> TorchTrainer:
     """The TorchTrainer of `cfg` (benchmarks pass their own instrumented `worker`). `name`: the Ray run
-    directory under `storage` (default the out_dir's name); `callbacks`: Ray Train UserCallbacks."""
+    directory under `storage` (default the out_dir's name); `callbacks`: Ray Train UserCallbacks.
+
+    Ray Train logs every ray.train.report at INFO ("Reporting training result N: TrainingReport(...)",
+    the whole metrics dict, per rank) and every checkpoint it registers; the loop's progress line
+    says the same in one line, so those are shown only when `verbose`. Warnings and errors always are.
+    """
     c = cfg.cluster
     resources = {"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}
     return TorchTrainer(
@@ -141,6 +148,7 @@ def build_trainer(cfg: Config, storage: str, worker=train_worker, *, name: str |
             name=name or Path(cfg.train.out_dir).name, storage_path=storage, callbacks=callbacks,
             failure_config=FailureConfig(max_failures=c.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING"),
             worker_runtime_env={"env_vars": ray_env.worker_env(c)}))
 
 
@@ -155,8 +163,9 @@ def user_error(e: WorkerGroupError) -> Exception:
     return e
 
 
-def run(cfg: Config, *, resume: bool = False) -> RunResult:
-    """Driver: checks, connect, fit. Raises ClusterError / ConfigError naming the setting at fault."""
+def run(cfg: Config, *, resume: bool = False, verbose: bool = False) -> RunResult:
+    """Driver: checks, connect, fit (`verbose`: Ray Train's INFO logs too, see build_trainer).
+    Raises ClusterError / ConfigError naming the setting at fault."""
     cfg = absolute_paths(cfg)
     if cfg.cluster.backend == "deepspeed":  # imported only then: deepspeed takes seconds to import
         from cluster.deepspeed_backend import check_config as check_deepspeed
@@ -169,10 +178,14 @@ def run(cfg: Config, *, resume: bool = False) -> RunResult:
     ray_env.ensure_resources(cfg.cluster)
     if conn.metrics_url:
         print(f"metrics (Prometheus format): {conn.metrics_url}", flush=True)
+    fit_start = time.monotonic()
     try:
-        result = build_trainer(cfg, storage).fit()
+        result = build_trainer(cfg, storage, verbose=verbose).fit()
     except WorkerGroupError as e:
         raise user_error(e) from e
+    finally:
+        runinfo.record_phase(cfg.train.out_dir, "ray_fit", time.monotonic() - fit_start, address=conn.address,
+                             workers=cfg.cluster.num_workers)
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train finished without a checkpoint in {run_dir}")
     metrics = result.metrics or {}

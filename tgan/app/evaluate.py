@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from tgan.data.index import load_index
     from tgan.dist import resolve_device
     from tgan.eval.metrics import check_gallery
-    from tgan.eval.run import evaluate
+    from tgan.eval.run import evaluate, evaluated_files
 
     try:
         checkpoint = resolve_checkpoint(Path(args.checkpoint))
@@ -78,6 +78,5 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cfg.model.family} checkpoint {checkpoint}: {result['num_test']} test queries against "
           f"{result['num_train']} training images (accuracy, mAP and probe in %)")
     print((out / "eval.md").read_text(), end="")
-    print(f"written: {out / 'eval.json'}, {out / 'eval.md'}" +
-          "".join(f", {p}" for p in result["pictures"].values()))
+    print(f"written to {out}: {evaluated_files(result)}")
     return 0

@@ -20,18 +20,22 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(cfg, int):
         return cfg
     # Imported here so that --dry-run and config errors need neither the data nor the model code.
-    from tgan.eval.run import evaluate, report_text
+    from tgan import runinfo
+    from tgan.eval.run import evaluate, evaluated_files, report_text
     from tgan.train.loop import USER_ERRORS, train
 
+    out = Path(cfg.train.out_dir)
     try:
         result = train(cfg)
-        table = None if args.no_eval else evaluate(cfg, result.nets, Path(cfg.train.out_dir) / "eval")
+        table = None if args.no_eval else evaluate(cfg, result.nets, out / "eval")
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    summary = runinfo.record_phase(out, "evaluation", table["seconds"]) if table is not None else runinfo.load(out)
     shown = {k: round(v, 4) for k, v in result.scalars.items() if k.startswith(("loss/", "perf/images"))}
     print(f"done: {result.step} steps, checkpoint {result.checkpoint}, last {shown}")
+    print(f"run: {runinfo.describe(summary)} ({out / runinfo.RUN_JSON})")
     if table is not None:
-        print(f"evaluation: {Path(cfg.train.out_dir) / 'eval'} (eval.json, eval.md, pictures)")
+        print(f"evaluation: {out / 'eval'} ({evaluated_files(table)}; open index.html)")
         print(report_text(table), end="")
     return 0

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import webdataset as wds
-from tqdm import tqdm
 
 from tgan.data.codec import encode_sample, sample_key
 from tgan.data.index import (FORMAT_VERSION, INDEX_NAME, DataError, DatasetIndex, ShardInfo, index_from_dict,
                              sha256_file, write_json_atomic)
 from tgan.data.sources import Source
+from tgan.progress import Progress
 
 log = logging.getLogger("tgan.data")
 PARTIAL_NAME = INDEX_NAME + ".partial"
@@ -89,7 +89,7 @@ def write_shards(source: Source, out: str | Path, *, shard_size: int = DEFAULT_S
         shards: list[dict] = []
         doc["splits"][split] = {"count": len(src), "counts_per_class": _counts(src.labels, num_classes),
                                 "shards": shards}
-        bar = tqdm(total=len(src), desc=f"{source.dataset} {split}", unit="img", disable=not progress)
+        bar = Progress(len(src), desc=f"{source.dataset} {split}", unit="img") if progress else None
         for start in range(0, len(src), shard_size):
             stop = min(start + shard_size, len(src))
             name = f"{split}-{start // shard_size:06d}.tar"
@@ -103,8 +103,10 @@ def write_shards(source: Source, out: str | Path, *, shard_size: int = DEFAULT_S
             shards.append({"name": name, "count": stop - start, "sha256": sha256_file(path),
                            "counts_per_class": _counts(src.labels[start:stop], num_classes)})
             write_json_atomic(out / PARTIAL_NAME, doc)
-            bar.update(stop - start)
-        bar.close()
+            if bar is not None:
+                bar.update(stop, note=name)
+        if bar is not None:
+            bar.close()
         _remove_stale(out, split, {sh["name"] for sh in shards})
     write_json_atomic(out / INDEX_NAME, doc)
     (out / PARTIAL_NAME).unlink()

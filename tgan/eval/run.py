@@ -5,6 +5,7 @@ pictures. Writes eval.json and eval.md into the output directory and returns the
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,12 @@ from tgan.data.index import load_index
 from tgan.data.streams import load_split
 from tgan.eval.generation import generation_metrics
 from tgan.eval.metrics import retrieval_metrics
+from tgan.eval.pictures import loss_curves
 from tgan.eval.probe import linear_probe
+from tgan.eval.report import write_report
 from tgan.families import get_family
 from tgan.families.base import Family, PictureInputs, build_networks
+from tgan.progress import Progress
 
 TABLE_K = 9
 """The table shows 1-NN and 9-NN (the authors' choices); eval.json has every k up to eval.max_k."""
@@ -81,7 +85,8 @@ def score(train_f: torch.Tensor, test_f: torch.Tensor, data: EvalData, cfg: Conf
 
 def write_pictures(cfg: Config, family: Family, nets: dict[str, nn.Module], test_x: torch.Tensor, out: Path,
                    metrics_path: Path) -> dict[str, str]:
-    """The family's pictures (e.g. sample grid, interpolation, reconstructions, gradient-norm plot)."""
+    """The family's pictures (e.g. sample grid, interpolation, reconstructions, gradient-norm plot),
+    then the loss curves of the run's metrics.jsonl (every family, when the file is there)."""
     device = _device(nets)
     z = z_left = z_right = None
     if family.prior is not None:
@@ -93,17 +98,27 @@ def write_pictures(cfg: Config, family: Family, nets: dict[str, nn.Module], test
             z_right = family.sample_z(NUM_PAIRS, cfg.model.latent_dim, device=device)
     inputs = PictureInputs(z=z, z_left=z_left, z_right=z_right, x=test_x[:NUM_RECONSTRUCTIONS].to(device),
                            metrics=metrics_path)
-    return {name: str(path) for name, path in family.pictures(nets, inputs, out).items()}
+    written = family.pictures(nets, inputs, out)
+    curves = loss_curves(metrics_path, out / "loss_curves.png")
+    if curves is not None:
+        written["loss_curves"] = curves
+    return {name: str(path) for name, path in written.items()}
+
+
+def table_cells(result: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the evaluation table: feature sets x (dim, 1-NN, 9-NN or max_k-NN when
+    eval.max_k < 9, mAP, probe), in %. The markdown table and the HTML report show the same cells."""
+    k = min(TABLE_K, result["max_k"])
+    header = ["features", "dim", "1-NN", f"{k}-NN", "mAP", f"probe ({result['probe']})"]
+    rows = [[name, str(row["dim"]), f"{100 * row['knn']['1']:.2f}", f"{100 * row['knn'][str(k)]:.2f}",
+             f"{100 * row['map']:.2f}", f"{100 * row['probe_accuracy']:.2f}"] for name, row in result["rows"].items()]
+    return header, rows
 
 
 def markdown_table(result: dict) -> str:
-    """Rows = feature sets, columns = 1-NN, 9-NN (or max_k-NN when eval.max_k < 9), mAP, probe (in %)."""
-    k = min(TABLE_K, result["max_k"])
-    lines = [f"| features | dim | 1-NN | {k}-NN | mAP | probe ({result['probe']}) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for name, row in result["rows"].items():
-        lines.append(f"| {name} | {row['dim']} | {100 * row['knn']['1']:.2f} | {100 * row['knn'][str(k)]:.2f} | "
-                     f"{100 * row['map']:.2f} | {100 * row['probe_accuracy']:.2f} |")
+    header, rows = table_cells(result)
+    lines = ["| " + " | ".join(header) + " |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -126,15 +141,25 @@ def report_text(result: dict) -> str:
     return (markdown_table(result) if result["rows"] else result["note"] + "\n") + generation_line(result.get("generation"))
 
 
+def evaluated_files(result: dict) -> str:
+    """What evaluate() wrote, for the closing lines of the command lines: pictures only when made."""
+    pictures = ", ".join(Path(p).name for p in result["pictures"].values())
+    return "eval.json, eval.md, index.html" + (f", {pictures}" if pictures else ", no pictures (eval.pictures=false)")
+
+
 def evaluate(cfg: Config, nets: dict[str, nn.Module], out_dir: str | Path, *, data: EvalData | None = None,
              metrics_path: str | Path | None = None) -> dict:
-    """Evaluate `nets` (a family's trained networks) and write eval.json, eval.md and the pictures.
+    """Evaluate `nets` (a family's trained networks) and write eval.json, eval.md, the pictures and
+    index.html (tgan.eval.report: the table, the pictures, the run's run.json, how to read them).
 
     data: the splits to use (default: load_eval_data(cfg)). metrics_path: the run's metrics.jsonl for
-    the gradient-norm plot (default: <train.out_dir>/metrics.jsonl).
+    the gradient-norm and loss plots (default: <train.out_dir>/metrics.jsonl).
     """
+    started = time.monotonic()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    progress = Progress(5, desc="eval", unit="stage", every_s=0)
+    progress.update(0, note="loading the test and training images")
     data = load_eval_data(cfg) if data is None else data
     family = get_family(cfg.model.family)
     channels, image_size = data.train_x.shape[1], data.train_x.shape[-1]
@@ -147,7 +172,10 @@ def evaluate(cfg: Config, nets: dict[str, nn.Module], out_dir: str | Path, *, da
         random_nets = build_networks(cfg, channels=channels, image_size=image_size, num_classes=data.num_classes)
         for net in random_nets.values():
             net.to(_device(nets))
-        for name, (train_f, test_f) in feature_sets(family, nets, random_nets, data).items():
+        progress.update(1, note=f"features of {len(data.train_y)} training and {len(data.test_y)} test images")
+        features = feature_sets(family, nets, random_nets, data)
+        progress.update(2, note=f"k-NN, mAP and {cfg.eval.probe} probe of {', '.join(features)}")
+        for name, (train_f, test_f) in features.items():
             # The distance ranking runs where the networks do: seconds on a GPU for 10k x 60k.
             result["rows"][name] = score(train_f, test_f, data, cfg, _device(nets))
     else:
@@ -156,10 +184,14 @@ def evaluate(cfg: Config, nets: dict[str, nn.Module], out_dir: str | Path, *, da
     if cfg.eval.fid_samples and "G" in nets:  # the triplet baseline has no generator
         result["generation"] = generation_metrics(cfg, nets["G"], data.test_x, sample_z=family.sample_z)
 
+    metrics = Path(cfg.train.out_dir) / "metrics.jsonl" if metrics_path is None else Path(metrics_path)
     if cfg.eval.pictures:
-        metrics = Path(cfg.train.out_dir) / "metrics.jsonl" if metrics_path is None else Path(metrics_path)
+        progress.update(3, note="pictures")
         result["pictures"] = write_pictures(cfg, family, nets, data.test_x, out, metrics)
 
+    result["seconds"] = round(time.monotonic() - started, 3)
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "eval.md").write_text(report_text(result))
+    write_report(out, result, *table_cells(result), run_dir=metrics.parent)
+    progress.update(5, note=f"written to {out}")
     return result

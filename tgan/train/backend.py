@@ -10,6 +10,7 @@ finite-or-skip decision across ranks, then step or skip.
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tgan import dist
 from tgan.config import OptimConfig
 from tgan.families.base import Group
+
+# DDP's flag for "do not broadcast buffers at each forward": torch 2.13 renamed broadcast_buffers
+# (now a FutureWarning) to forward_sync_buffers. The new flag still broadcasts the buffers once at
+# construction, which changes nothing here: every rank has built or loaded the same weights and buffers.
+NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                  if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                  else {"broadcast_buffers": False})
 
 
 @dataclass
@@ -123,7 +131,7 @@ class TorchBackend(Backend):
                 # the broadcast at each call overwrites BatchNorm running stats in place that the
                 # previous call saved for backward (autograd error on torch 2.11). Running stats
                 # stay per rank and only matter in eval mode; checkpoints keep rank 0's.
-                self._wrapped[name] = DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
+                self._wrapped[name] = DistributedDataParallel(net, device_ids=ids, **NO_BUFFER_SYNC)
             else:
                 self._wrapped[name] = net
         for group in groups:

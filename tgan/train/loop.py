@@ -24,7 +24,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from tgan import dist
+from tgan import dist, runinfo
 from tgan.config import Config, ConfigError, dump_yaml
 from tgan.data.index import DataError
 from tgan.data.streams import build_streams
@@ -33,6 +33,7 @@ from tgan.eval.validation import LiveValidation
 from tgan.families import get_family
 from tgan.families.base import Group, build_networks
 from tgan.losses.base import Batch
+from tgan.progress import Progress
 from tgan.train import checkpoint as ckpt
 from tgan.train.backend import Backend, TorchBackend
 from tgan.train.shards import ensure_shards
@@ -185,7 +186,8 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
     """Train `cfg` on this rank; returns when train.steps steps are done (or train.time_limit_s is up).
 
     `reporter(step, scalars, checkpoint_dir_or_None)` is called on every rank at every log step and
-    at every checkpoint; rank 0 also appends the scalars to <out_dir>/metrics.jsonl.
+    at every checkpoint; rank 0 also appends the scalars to <out_dir>/metrics.jsonl, shows the
+    progress (tgan.progress) and records the phases' times in <out_dir>/run.json (tgan.runinfo).
     """
     rank, world = dist.rank(), dist.world_size()
     device = dist.resolve_device(cfg.train.device)
@@ -194,7 +196,10 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
     out = Path(cfg.train.out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"train.out_dir={str(out)!r} is a file: give a directory (new or holding a run)")
+    t_prep = time.monotonic()
     ensure_shards(cfg.data)
+    if rank == 0:
+        runinfo.record_phase(out, "data_prep", time.monotonic() - t_prep)
 
     streams = build_streams(cfg.data, rank=rank, world_size=world, seed=cfg.train.seed,
                             gallery_size=cfg.eval.gallery_size if cfg.eval.every else 0)
@@ -235,13 +240,18 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
     validation = LiveValidation(cfg, family, streams, device) if cfg.eval.every else None
     scalars: dict[str, float] = {}
     done = start
-    deadline = time.monotonic() + cfg.train.time_limit_s if cfg.train.time_limit_s > 0 else None
+    t_train = time.monotonic()
+    deadline = t_train + cfg.train.time_limit_s if cfg.train.time_limit_s > 0 else None
+    progress = (Progress(cfg.train.steps, desc="train", initial=start, images_per_unit=cfg.data.batch_size * world)
+                if rank == 0 else None)
     try:
         for step in range(start + 1, cfg.train.steps + 1):
             _maybe_fault(cfg, step)
             scalars, give_up = _train_step(cfg, step, streams, device, run_phase, family.groups_in_order,
                                            counters)
             done = step
+            if progress is not None:
+                progress.update(step, scalars)
             last = step == cfg.train.steps or _out_of_time(deadline, device)
             every = cfg.train.checkpoint_every
             is_val = validation is not None and validation.due(step, last)
@@ -252,6 +262,8 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
             scalars["data/corrupt_samples"] = _global_sum(streams.corrupt_samples, device)
             if is_val:
                 scalars.update(validation({n: backend.raw(n) for n in nets}))
+                if progress is not None:
+                    progress.update(step, scalars)  # a line with the new validation metrics
             saved_path = None
             if is_ckpt:
                 saved_path = last_ckpt = ckpt.save_checkpoint(
@@ -261,7 +273,8 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
                     rank_state={"world_size": world, "rng": ckpt.rng_state(), "data": streams.state_dict()})
             if is_log and rank == 0:
                 with (out / "metrics.jsonl").open("a") as f:
-                    f.write(_metrics_line(step, scalars))
+                    f.write(_metrics_line(step, {"time": round(time.time(), 3),
+                                                 "elapsed_s": round(time.monotonic() - t_train, 3), **scalars}))
             if reporter is not None:
                 reporter(step, scalars, saved_path)
             if give_up:
@@ -276,6 +289,10 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
                 break
     finally:
         streams.close()  # stops the loader's worker processes
+        if progress is not None:
+            progress.close()
+            runinfo.record_phase(out, "training", time.monotonic() - t_train, steps=[start, done],
+                                 world_size=world, device=str(device), completed=done >= cfg.train.steps)
     return TrainResult(step=done, scalars=scalars, checkpoint=last_ckpt,
                        nets={n: backend.raw(n) for n in nets})
 
