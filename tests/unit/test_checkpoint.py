@@ -29,7 +29,7 @@ def cfg_for(shards, out, *overrides):
 
 def per_step(out):
     rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith("perf/") and k not in ("time", "elapsed_s")} for r in rows]
 
 
 def scramble_process_state():

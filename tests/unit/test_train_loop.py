@@ -1,8 +1,10 @@
 """The one-process training loop on the debug recipe: run directory, metrics, phases, seeds, the
 non-finite guard and shard preparation. Resume is in test_checkpoint.py."""
 import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,10 @@ def test_time_limit_stops_early_with_a_checkpoint_and_the_cli_then_evaluates(sha
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "train.time_limit_s=1e-06 reached: stopped at step 1 of 1000" in proc.stdout
+    # Not a terminal: progress lines, the first one at step 1, then the evaluation's stages.
+    assert re.search(r"^train 1/1000 \(0%\) \| [\d.]+ s/step \| \d+ img/s \| ETA \S+ \| d [\d.]+ g [\d.]+ triplet",
+                     proc.stdout, re.M), proc.stdout
+    assert re.search(r"^eval 5/5 \(100%\)", proc.stdout, re.M) and "run: started " in proc.stdout
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001"]
     assert [r["step"] for r in metrics(out)] == [1]
     # The evaluation table of the end of training: trained E, random-init E, raw pixels.
@@ -76,13 +82,32 @@ def test_run_writes_config_metrics_and_keeps_the_last_checkpoints(shards, tmp_pa
     assert rows[-1]["perf/images_per_s"] == pytest.approx(16 / rows[-1]["perf/step_time_s"])
     assert [(s, p) for s, _, p in reports] == [(2, out / "checkpoints" / "step_00000002"),
                                                (4, out / "checkpoints" / "step_00000004"), (6, result.checkpoint)]
-    assert reports[-1][1] == {k: v for k, v in rows[-1].items() if k != "step"}
+    assert reports[-1][1] == {k: v for k, v in rows[-1].items() if k not in ("step", "time", "elapsed_s")}
+
+
+def test_every_metrics_row_has_a_timestamp_and_the_run_json_its_phases(shards, tmp_path):
+    out = tmp_path / "run"
+    before = time.time()
+    train(debug_cfg(shards, out, "train.steps=3"))
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]  # debug recipe: log_every 1
+    assert all(before <= r["time"] <= time.time() for r in rows)
+    assert [r["time"] for r in rows] == sorted(r["time"] for r in rows)
+    elapsed = [r["elapsed_s"] for r in rows]
+    assert elapsed == sorted(elapsed) and 0 < elapsed[0] and elapsed[-1] < time.time() - before
+    summary = json.loads((out / "run.json").read_text())
+    assert [p["phase"] for p in summary["phases"]] == ["data_prep", "training"]
+    assert summary["phases"][1]["steps"] == [0, 3] and summary["phases"][1]["completed"] is True
+    assert summary["phases"][1]["seconds"] >= elapsed[-1]
+    assert before - 1 <= summary["started_unix"] <= rows[0]["time"]
+    assert {"host", "cpu_count", "gpus", "torch", "ray", "load_average"} <= set(summary["machine"])
 
 
 def test_fixed_seed_is_repeatable_and_the_seed_matters(shards, tmp_path):
     def losses(name, seed):
         train(debug_cfg(shards, tmp_path / name, f"train.seed={seed}"))
-        return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in metrics(tmp_path / name)]
+        return [{k: v for k, v in r.items() if not k.startswith("perf/") and k not in ("time", "elapsed_s")}
+                for r in metrics(tmp_path / name)]
 
     first = losses("a", 3)
     torch.manual_seed(12345)  # the loop seeds itself: global RNG state before it must not matter
