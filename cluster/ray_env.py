@@ -93,19 +93,27 @@ def connect(metrics_export_port: int | None = None) -> RayConnection:
             raise ClusterError(f"RAY_ADDRESS={address!r}: could not join the Ray cluster: {e}") from e
         return RayConnection(address=address, metrics_url=None)
     port = metrics_export_port or free_port()
-    # Token auth, as Ray 2.60 picks for a new local cluster anyway; set explicitly it is not warned about.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     # Ray Train's preemption watcher follows node draining on clusters; a single machine is never
     # drained, and starting it makes the controller log an error-level line about its restarts.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(_metrics_export_port=port,
-             # The dashboard serves Ray's State API, which Ray Train's PlacementGroupCleaner polls
-             # every second to see whether the controller is alive: without it (include_dashboard=False)
-             # every poll fails and logs "Failed to query Ray Train Controller actor state". Loopback only.
-             include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
-             # Push worker metrics to the agent every second instead of every 10 s, so short local
-             # runs show up in a scrape; clusters keep Ray's default.
-             _system_config={"metrics_report_interval_ms": 1000})
+    # Ray Train's PlacementGroupCleaner (an actor) asks Ray's State API every second whether the
+    # controller is alive. The State API is served by the dashboard, so it must run (with
+    # include_dashboard=False every query fails and logs "Failed to query Ray Train Controller actor
+    # state"), and the actor must know which cluster to ask: a local Ray records its address
+    # nowhere, so with another Ray on the machine the query fails ("Found multiple active Ray
+    # instances"). So the GCS gets a port chosen here and every task and actor gets its address.
+    gcs = f"{ray.util.get_node_ip_address()}:{free_port()}"
+    os.environ["RAY_GCS_SERVER_PORT"] = gcs.rsplit(":", 1)[1]  # read while ray.init starts the head
+    try:
+        # address="local": a new Ray even when a `ray start` head runs on this machine (ray.init()
+        # would join that one, and refuse this call's _system_config).
+        ray.init(address="local", _metrics_export_port=port, runtime_env={"env_vars": {"RAY_ADDRESS": gcs}},
+                 include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
+                 # Push worker metrics to the agent every second instead of every 10 s, so short
+                 # local runs show up in a scrape; clusters keep Ray's default.
+                 _system_config={"metrics_report_interval_ms": 1000})
+    finally:
+        del os.environ["RAY_GCS_SERVER_PORT"]  # a later `ray start` from this process picks its own
     return RayConnection(address="local", metrics_url=f"http://127.0.0.1:{port}/metrics")
 
 

@@ -18,6 +18,8 @@ because a restarted worker may land on another node.
 """
 from __future__ import annotations
 
+import importlib.util
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,10 +94,23 @@ def make_backend(cfg: Config) -> Backend:
     return TorchBackend()
 
 
+def quiet_report_logs() -> None:
+    """Hide Ray Train's "Reporting training result N: TrainingReport(...)" line (every report, every
+    rank, the whole metrics dict). Ray 2.60 logs it at INFO through a logger named after its source
+    file (ray/train/v2/_internal/execution/context.py: `logging.getLogger(__file__)`), outside the
+    "ray.train" logger that RunConfig's LoggingConfig filters. Found by its module's file without
+    importing it: if a Ray release moves the module, this does nothing and the lines come back."""
+    spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
+    if spec is not None and spec.origin:
+        logging.getLogger(spec.origin).setLevel(logging.WARNING)
+
+
 def train_worker(config: dict) -> None:
     """The per-rank function Ray Train runs (inside an actor, with the process group set up)."""
     from tgan.train.loop import train
 
+    if not config.get("verbose"):
+        quiet_report_logs()
     cfg = config_from_dict(config["cfg"])
     rank = ray.train.get_context().get_world_rank()
     backend = make_backend(cfg)
@@ -134,14 +149,15 @@ def build_trainer(cfg: Config, storage: str, worker=train_worker, *, name: str |
     directory under `storage` (default the out_dir's name); `callbacks`: Ray Train UserCallbacks.
 
     Ray Train logs every ray.train.report at INFO ("Reporting training result N: TrainingReport(...)",
-    the whole metrics dict, per rank) and every checkpoint it registers; the loop's progress line
-    says the same in one line, so those are shown only when `verbose`. Warnings and errors always are.
+    the whole metrics dict, per rank), every checkpoint it registers and its worker-group setup; the
+    loop's progress line says what matters in one line, so those are shown only when `verbose`
+    (LoggingConfig, and quiet_report_logs in the workers). Warnings and errors always are.
     """
     c = cfg.cluster
     resources = {"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}
     return TorchTrainer(
         worker,
-        train_loop_config={"cfg": cfg.to_dict()},
+        train_loop_config={"cfg": cfg.to_dict(), "verbose": verbose},
         torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
