@@ -66,7 +66,7 @@ def make_reporter(cfg: Config, rank: int):
         from cluster.metrics import WorkerMetrics
 
         metrics = WorkerMetrics(run=Path(cfg.train.out_dir).name, family=cfg.model.family, rank=rank,
-                                batch_size=cfg.data.batch_size)
+                                batch_size=cfg.data.batch_size, steps=cfg.train.steps)
 
     every = cfg.cluster.report_every or cfg.train.log_every
 

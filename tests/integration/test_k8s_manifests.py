@@ -1,21 +1,91 @@
-"""The deployment files agree with the code: every exported metric is on the Grafana dashboard, the
-PodMonitor scrapes the port the pods name "metrics" and Ray exports on, and the manifests parse."""
+"""The deployment files agree with the code: every exported metric is on the Grafana dashboard, and
+every metric name the dashboard and the alert rules query is one tgan exports (cluster/metrics.py)
+or one of Ray 2.60's node metrics; the PodMonitor scrapes the port the pods name "metrics" and Ray
+exports on, and adds the ray_io_cluster label the dashboard filters on; the manifests parse."""
 import json
+import re
 from pathlib import Path
 
 import yaml
 
-from cluster.metrics import METRIC_NAMES
+from cluster.metrics import METRIC_NAMES, VALIDATION_METRIC
 
 K8S = Path(__file__).resolve().parents[2] / "k8s"
 CLOUD = Path(__file__).resolve().parents[2] / "cluster" / "cloud.yaml"
+NAME = re.compile(r"\bray_[a-z0-9_]+\b")
+LABELS = re.compile(r"\{[^}]*\}|\b(by|on|without|ignoring)\s*\([^)]*\)")
+"""Label matchers and groupings: what remains of an expression then names only metrics."""
+
+
+def _dashboard_exprs():
+    dash = json.loads((K8S / "grafana-dashboard.json").read_text())
+    return dash, [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+
+
+def _rules():
+    doc = yaml.safe_load((K8S / "prometheusrule.yaml").read_text())
+    assert doc["kind"] == "PrometheusRule" and doc["apiVersion"] == "monitoring.coreos.com/v1"
+    return [rule for group in doc["spec"]["groups"] for rule in group["rules"]]
+
+
+def _known_names():
+    """tgan's exported names (histogram series too) and Ray's node metrics, as Prometheus sees them."""
+    from ray.dashboard.modules.reporter.reporter_agent import METRICS_GAUGES  # Ray's per-node metrics
+
+    ours = {f"ray_{m}" for m in (*METRIC_NAMES, VALIDATION_METRIC)}
+    ours |= {f"ray_tgan_step_time_seconds_{s}" for s in ("bucket", "sum", "count")}
+    return ours | {f"ray_{m}" for m in METRICS_GAUGES}
+
+
+def _balanced(expr):
+    depth = {"(": 0, "{": 0, "[": 0}
+    for a, b in ("()", "{}", "[]"):
+        depth[a] = expr.count(a) - expr.count(b)
+    return not any(depth.values())
 
 
 def test_dashboard_plots_every_exported_metric():
-    dash = json.loads((K8S / "grafana-dashboard.json").read_text())
-    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
-    missing = [m for m in METRIC_NAMES if f"ray_{m}" not in exprs]
+    _, exprs = _dashboard_exprs()
+    missing = [m for m in METRIC_NAMES if not any(re.search(rf"\bray_{m}(_bucket)?\b", e) for e in exprs)]
     assert not missing, missing
+
+
+def test_dashboard_and_alerts_query_only_metrics_that_exist_and_filter_by_cluster():
+    dash, exprs = _dashboard_exprs()
+    rules = _rules()
+    known = _known_names()
+    queried = exprs + [r["expr"] for r in rules]
+    unknown = {name for e in queried for name in NAME.findall(LABELS.sub(" ", e))} - known
+    assert not unknown, unknown
+    assert all(_balanced(e) for e in queried), [e for e in queried if not _balanced(e)]
+    # GPU utilisation and memory per worker from Ray's own node metrics, validation metrics, data wait share
+    names = " ".join(exprs)
+    for wanted in ("ray_node_gpus_utilization", "ray_node_gram_used", "ray_tgan_validation", "ray_tgan_images_total"):
+        assert wanted in names, wanted
+    assert any("ray_tgan_data_wait_seconds" in e and "ray_tgan_step_time_seconds_sum" in e for e in exprs)
+    # Every query filters by the cluster variable, fed by the PodMonitor's ray_io_cluster label.
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert "ray_io_cluster" in variables["cluster"]["query"] and "$cluster" in variables["run"]["query"]
+    assert all('ray_io_cluster=~"$cluster"' in e for e in exprs), [e for e in exprs if "$cluster" not in e]
+    monitor = yaml.safe_load((K8S / "podmonitor.yaml").read_text())
+    relabel = monitor["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    assert {"sourceLabels": ["__meta_kubernetes_pod_label_ray_io_cluster"], "targetLabel": "ray_io_cluster"} in relabel
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_alerts_cover_stalls_nonfinite_steps_corrupt_data_and_data_wait():
+    rules = {r["alert"]: r for r in _rules()}
+    assert set(rules) == {"TganNoStepProgress", "TganNonFiniteSteps", "TganCorruptSamplesRising",
+                          "TganDataWaitAboveHalfTheStep"}
+    assert "increase(ray_tgan_steps_total[15m])" in rules["TganNoStepProgress"]["expr"]
+    assert "delta(ray_tgan_nonfinite_steps_skipped[10m])" in rules["TganNonFiniteSteps"]["expr"]
+    assert "delta(ray_tgan_corrupt_samples_skipped[15m])" in rules["TganCorruptSamplesRising"]["expr"]
+    assert rules["TganDataWaitAboveHalfTheStep"]["expr"].rstrip().endswith("> 0.5")
+    for rule in rules.values():
+        assert rule["labels"]["severity"] in ("warning", "critical") and rule["annotations"]["summary"]
+        # Counters are aggregated over ranks and worker processes, by cluster and run.
+        assert "by (ray_io_cluster, run)" in rule["expr"]
 
 
 def _pod_specs(doc):

@@ -98,6 +98,28 @@ def test_metrics_endpoint_shows_every_metric_with_changing_values(ddp_run):
         assert want in labels
     scopes = " ".join(lbl for lbl, _ in seen["ray_tgan_images_per_second"])
     assert 'scope="rank"' in scopes and 'scope="global"' in scopes
+    # Counters: run totals of each rank (batch 16 a step), growing while scraped; train.steps beside.
+    images = {v for _, v in seen["ray_tgan_images_total"]}
+    assert len(images) >= 2 and all(v % 16 == 0 and 0 < v <= 40 * 16 for v in images), images
+    assert {v * 16 for _, v in seen["ray_tgan_steps_total"]} <= images | {40 * 16}
+    assert {v for _, v in seen["ray_tgan_train_steps"]} == {40}
+
+
+def test_validation_scalars_are_exported_per_metric(local_ray):
+    """val/* scalars (runs that validate while training) become ray_tgan_validation{metric=...}."""
+    from cluster.metrics import WorkerMetrics
+
+    metrics = WorkerMetrics(run="validation_probe", family="tribigan", rank=0, batch_size=16, steps=10)
+    metrics.record(5, {"val/map": 0.25, "val/knn9": 0.75, "loss/d": 1.0})
+    scraper = Scraper(local_ray, "validation_probe")
+    scraper.start()
+    deadline = time.monotonic() + 30
+    while "ray_tgan_validation" not in scraper.seen and time.monotonic() < deadline:
+        time.sleep(0.5)
+    scraper.stop.set()
+    scraper.join()
+    values = {(re.search(r'metric="(\w+)"', lbl).group(1), v) for lbl, v in scraper.seen["ray_tgan_validation"]}
+    assert values == {("map", 0.25), ("knn9", 0.75)}
 
 
 @pytest.fixture(scope="module")
