@@ -10,19 +10,20 @@ from tgan.progress import Progress, format_duration
 
 
 def test_lines_off_a_terminal_carry_count_pace_eta_losses_and_the_latest_validation_metric(monkeypatch):
-    clock = iter([100.0, 102.0, 103.0, 112.0, 113.0])  # construction, then one reading per update
+    clock = iter([100.0, 102.0, 103.0, 105.0, 114.0, 115.0])  # construction, then one reading per update
     monkeypatch.setattr("tgan.progress.time.monotonic", lambda: next(clock))
     out = io.StringIO()
     p = Progress(10, desc="train", initial=0, images_per_unit=32, every_s=10, stream=out)
     assert p.bar is None  # a StringIO is no terminal
     p.update(1, {"loss/d": 0.61, "loss/g": 3.24, "perf/step_time_s": 2.0})   # t=102: the first line
-    p.update(2, {"loss/d": 0.6, "val/map": 0.5312})                            # t=103: within 10 s, quiet
-    p.update(6, {"loss/d": 0.5, "loss/g": 3.0})                                # t=112: 10 s later
-    p.update(10, {"loss/d": 0.4, "loss/g": 2.9})                               # t=113: the last step
-    lines = out.getvalue().splitlines()
-    assert lines == [
+    p.update(2, {"loss/d": 0.6, "val/map": 0.5312})                            # t=103: a new validation metric
+    p.update(3, {"loss/d": 0.6, "val/map": 0.5312})                            # t=105: within 10 s, quiet
+    p.update(6, {"loss/d": 0.5, "loss/g": 3.0})                                # t=114: 11 s later
+    p.update(10, {"loss/d": 0.4, "loss/g": 2.9})                               # t=115: the last step
+    assert out.getvalue().splitlines() == [
         "train 1/10 (10%) | 2 s/step | 16 img/s | ETA 18s | d 0.61 g 3.24",
-        "train 6/10 (60%) | 2 s/step | 16 img/s | ETA 8s | d 0.5 g 3 | val/map 0.5312",  # 5 steps in 10 s
+        "train 2/10 (20%) | 1 s/step | 32 img/s | ETA 8s | d 0.6 | val/map 0.5312",
+        "train 6/10 (60%) | 2.75 s/step | 12 img/s | ETA 11s | d 0.5 g 3 | val/map 0.5312",  # 4 steps in 11 s
         "train 10/10 (100%) | 0.25 s/step | 128 img/s | ETA 0s | d 0.4 g 2.9 | val/map 0.5312",
     ]
 
