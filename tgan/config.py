@@ -260,7 +260,8 @@ class EvalConfig:
     probe: str = "logreg"
     """Linear probe: logreg or svm (L2-regularised, C chosen on a validation split)."""
     pictures: bool = True
-    """Write sample grid, interpolation, reconstructions and grad-norm plot as PNG."""
+    """Write the family's pictures (sample grid, interpolation, reconstructions, grad-norm plot) and the
+    loss curves as titled, labelled PNGs, shown in eval/index.html."""
     every: int = 0
     """Steps between live validation metrics (val/map, val/knn1, val/knn<k>, val/probe): rank 0 ranks the
     validation split (data.validation_size) against a fixed gallery of training examples, every rank
