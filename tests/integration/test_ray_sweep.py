@@ -41,7 +41,7 @@ def sweep_ray():
     if ray.is_initialized():
         ray.shutdown()
     saved = os.environ.pop("RAY_ADDRESS", None)
-    yield connect(dashboard=True).metrics_url
+    yield connect().metrics_url  # a local Ray with the dashboard, as sweeps need
     ray.shutdown()
     if saved is not None:
         os.environ["RAY_ADDRESS"] = saved
