@@ -70,7 +70,7 @@ def main() -> int:
     if args.worker:
         run_matrix(Path(args.worker))
         return 0
-    t0 = time.time()
+    t0, load = time.time(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as base:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline], capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", base], input=archive.stdout, check=True)
@@ -79,15 +79,16 @@ def main() -> int:
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     lines = ["# Bad-input matrix: before and after", "",
              f"`python benchmarks/bad_inputs.py --baseline {args.baseline}` on {platform.node()} "
-             f"({os.cpu_count()} CPUs), {time.strftime('%Y-%m-%d %H:%M')}, {time.time() - t0:.0f} s; "
-             f"load before the run: {os.getloadavg()[0]:.1f}. Before = {args.baseline}, after = "
-             f"{head.stdout.strip()} (this checkout, with its uncommitted changes).", "",
+             f"({os.cpu_count()} CPUs), {time.strftime('%Y-%m-%d %H:%M')}, {time.time() - t0:.0f} s; load average "
+             f"(1 min) before the run: {load:.1f}, shared with other jobs. Before = {args.baseline}, after = "
+             f"{head.stdout.strip()} (this checkout; uncommitted changes included).", "",
              "Each case runs a real command line in-process (see tests/integration/test_bad_inputs.py). clean: "
              "a nonzero exit with one `error:` line naming the field or file, no traceback, nothing written "
-             "(or, for the two metrics.jsonl cases, repaired with one `note:` line); silent: accepted (or a bad "
-             "file left behind); wrong-message: refused, but the line misses the field/file, there are several "
-             "lines, or files were written.", "",
-             "| totals | tried | " + " | ".join(KINDS) + " |", "| --- | ---: | " + " | ".join("---:" for _ in KINDS) + " |"]
+             "(or, for the three inputs that are repaired instead of refused, exit 0 with one note or warning "
+             "naming it); silent: accepted (or a bad file left behind); wrong-message: refused, but the line "
+             "misses the field/file, there are several lines, or files were written.", "",
+             "| totals | tried | " + " | ".join(KINDS) + " |",
+             "| --- | ---: | " + " | ".join("---:" for _ in KINDS) + " |"]
     for name, res in (("before", before), ("after", after)):
         counts = collections.Counter(kind for kind, _ in res.values())
         lines.append(f"| {name} | {len(res)} | " + " | ".join(str(counts[k]) for k in KINDS) + " |")

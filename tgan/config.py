@@ -463,7 +463,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         try:
             text = p.read_text()
         except UnicodeDecodeError as e:
-            raise ConfigError(f"recipe {p} is not a text file ({e.reason} at byte {e.start}): give a YAML recipe") from e
+            raise ConfigError(f"recipe {p} is not a text file ({e.reason} at byte {e.start}): "
+                              "give a YAML recipe") from e
         values = parse_yaml(text, f"recipe {p}") or {}
         if not isinstance(values, dict):
             raise ConfigError(f"recipe {p} must be a YAML mapping of sections (data, model, loss, ...)")
