@@ -175,14 +175,14 @@ def _rewrite_shard(shards: Path, name: str, samples: list[dict]) -> None:
 
 def test_wrong_size_or_channel_image_fails_before_training(shards):
     rng = np.random.default_rng(1)
-    ok = [encode_sample(f"train_{i:06d}", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), 0, None)
+    ok = [encode_sample(f"train_{i:06d}", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), 0)
           for i in range(16, 31)]
     _rewrite_shard(shards, "train-000001.tar",
-                   ok + [encode_sample("train_000031", np.zeros((9, 9, 3), np.uint8), 0, None)])
+                   ok + [encode_sample("train_000031", np.zeros((9, 9, 3), np.uint8), 0)])
     with pytest.raises(DataError, match=r"train-000001.tar, sample train_000031: image is 9x9 with 3 .*8x8 with 3"):
         build_streams(_cfg(shards), rank=0, world_size=1, seed=0)
     _rewrite_shard(shards, "train-000001.tar",
-                   ok + [encode_sample("train_000031", np.zeros((8, 8, 1), np.uint8), 0, None)])
+                   ok + [encode_sample("train_000031", np.zeros((8, 8, 1), np.uint8), 0)])
     with pytest.raises(DataError, match=r"sample train_000031: image is 8x8 with 1 channel"):
         build_streams(_cfg(shards), rank=0, world_size=1, seed=0)
 

@@ -1,8 +1,7 @@
 """Sample encoding in the shards and reading them back.
 
 A sample is a group of tar members sharing a key: `<key>.png` (lossless, 8-bit grey or RGB),
-`<key>.cls` (class index as ASCII, absent for datasets without classes) and, for CelebA,
-`<key>.attr.npy` (uint8 [40], 0/1). Keys are `<split>_<index:06d>` in the source dataset's order,
+and `<key>.cls` (class index as ASCII, absent for datasets without classes). Keys are `<split>_<index:06d>` in the source dataset's order,
 so they are unique and stable across reruns.
 """
 from __future__ import annotations
@@ -28,7 +27,7 @@ def sample_key(split: str, i: int) -> str:
     return f"{split}_{i:06d}"
 
 
-def encode_sample(key: str, image: np.ndarray, cls: int | None, attrs: np.ndarray | None) -> dict:
+def encode_sample(key: str, image: np.ndarray, cls: int | None) -> dict:
     """`image` is uint8 HxWxC (C = 1 or 3); returns the dict that webdataset's TarWriter writes."""
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] in (1, 3), image.shape
     pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
@@ -37,10 +36,6 @@ def encode_sample(key: str, image: np.ndarray, cls: int | None, attrs: np.ndarra
     sample = {"__key__": key, "png": buf.getvalue()}
     if cls is not None:
         sample["cls"] = str(int(cls)).encode()
-    if attrs is not None:
-        abuf = io.BytesIO()
-        np.save(abuf, np.asarray(attrs, dtype=np.uint8))
-        sample["attr.npy"] = abuf.getvalue()
     return sample
 
 

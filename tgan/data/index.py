@@ -47,8 +47,6 @@ class DatasetIndex:
     num_classes: int
     """0 for datasets without classes (CelebA); their samples carry no `cls` and read back as y = -1."""
     class_names: list[str]
-    attribute_names: list[str]
-    """Per-sample binary attributes stored as `attr.npy` (CelebA's 40); empty for the other datasets."""
     splits: dict[str, SplitIndex]
     shard_size: int
     encoding: str = "png"
@@ -94,7 +92,7 @@ def index_from_dict(d: dict, root: Path | None = None) -> DatasetIndex:
             for name, s in d["splits"].items()
         }
         fields = {k: d[k] for k in ("dataset", "image_size", "channels", "num_classes", "class_names",
-                                    "attribute_names", "shard_size")}
+                                    "shard_size")}
     except (KeyError, TypeError, AttributeError) as e:
         raise DataError(f"{where} is malformed ({e!r}); rerun launch/prepare_data.py to rewrite it") from e
     for name, split in splits.items():

@@ -56,9 +56,8 @@ def _write_shard(path: Path, source_split, split: str, start: int, stop: int, nu
         # Fixed owner and mtime: the same samples always give the same bytes, hence the same sha256.
         with wds.TarWriter(f, encoder=False, mtime=0, user="tgan", group="tgan") as writer:
             for i in range(start, stop):
-                image, attrs = source_split.sample(i)
                 cls = int(source_split.labels[i]) if num_classes else None
-                writer.write(encode_sample(sample_key(split, i), image, cls, attrs))
+                writer.write(encode_sample(sample_key(split, i), source_split.sample(i), cls))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -83,7 +82,7 @@ def write_shards(source: Source, out: str | Path, *, shard_size: int = DEFAULT_S
     # index.json means "complete": withdraw it while shards may change, so no reader trusts a half-rewritten set.
     (out / INDEX_NAME).unlink(missing_ok=True)
     doc = {**header, "num_classes": num_classes, "class_names": source.class_names,
-           "attribute_names": source.attribute_names, "encoding": "png", "splits": {}}
+           "encoding": "png", "splits": {}}
     kept = rewritten = 0
     for split, src in source.splits.items():
         shards: list[dict] = []

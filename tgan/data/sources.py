@@ -11,7 +11,7 @@ Choices, also in docs/DATA.md:
   paper says "all the training data are used"; the triplet-BiGAN setting uses train only.
 - CelebA: the aligned faces (`img_align_celeba`, 178x218); the central 108x108 square (the face, as in
   the DCGAN code the MBGAN paper builds on) is resized to 64x64. train = partition 0, test = partition 2
-  (the validation partition is not written). The 40 attributes are kept per sample.
+  (the validation partition is not written). The 40 attributes are not written.
 - Fashion-MNIST accepts both torchvision's layout (`<root>/FashionMNIST/raw/`) and the four IDX files
   directly in `<root>` (gzipped or not), e.g. /usr/share/datasets/fashion-mnist.
 """
@@ -39,10 +39,10 @@ CELEBA_CROP = 108
 
 @dataclass
 class SplitSource:
-    """One split: `labels[i]` up front, `sample(i) -> (uint8 HxWxC, attrs or None)` on demand."""
+    """One split: `labels[i]` up front, `sample(i) -> uint8 HxWxC` on demand."""
 
     labels: np.ndarray
-    sample: Callable[[int], tuple[np.ndarray, np.ndarray | None]]
+    sample: Callable[[int], np.ndarray]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -55,7 +55,6 @@ class Source:
     channels: int
     class_names: list[str]
     splits: dict[str, SplitSource]
-    attribute_names: list[str] = field(default_factory=list)
     notes: dict = field(default_factory=dict)
 
 
@@ -100,7 +99,7 @@ def cifar10(root: Path, *, download: bool, image_size: int, dataset_cls=None) ->
         ds = _load(lambda: cls(str(root), train=train, download=download), "cifar10", root, how)
         data = ds.data  # N x 32 x 32 x 3 uint8, as torchvision unpickles it
         splits[split] = SplitSource(np.asarray(ds.targets, dtype=np.int64),
-                                    lambda i, data=data: (resize(data[i], image_size), None))
+                                    lambda i, data=data: resize(data[i], image_size))
     return Source("cifar10", image_size, 3, list(ds.classes), splits)
 
 
@@ -125,7 +124,8 @@ def svhn(root: Path, *, download: bool, image_size: int, include_extra: bool = F
 
 
 def celeba(root: Path, *, download: bool, image_size: int, dataset_cls=None) -> Source:
-    """CelebA aligned faces via torchvision.datasets.CelebA: centre 108x108 crop, resized; 40 attributes."""
+    """CelebA aligned faces via torchvision.datasets.CelebA: centre 108x108 crop, resized. No classes;
+    the 40 attributes are not kept (no model or evaluation reads them)."""
     from torchvision.datasets import CelebA
     cls = dataset_cls or CelebA
     how = "put img_align_celeba/ and the list_*.txt / identity_CelebA.txt files from " \
@@ -136,18 +136,17 @@ def celeba(root: Path, *, download: bool, image_size: int, dataset_cls=None) -> 
                  "celeba", root, how)
     splits = {}
     for split in ("train", "test"):
-        ds = _load(lambda: cls(str(root), split=split, target_type="attr", download=download), "celeba", root, how)
+        ds = _load(lambda: cls(str(root), split=split, target_type=[], download=download), "celeba", root, how)
 
-        def sample(i: int, ds=ds) -> tuple[np.ndarray, np.ndarray]:
-            img, attr = ds[i]
+        def sample(i: int, ds=ds) -> np.ndarray:
+            img, _ = ds[i]
             w, h = img.size
             left, top = (w - CELEBA_CROP) // 2, (h - CELEBA_CROP) // 2
             face = img.convert("RGB").crop((left, top, left + CELEBA_CROP, top + CELEBA_CROP))
-            return resize(np.asarray(face), image_size), attr.numpy().astype(np.uint8)
+            return resize(np.asarray(face), image_size)
 
         splits[split] = SplitSource(np.full(len(ds), -1, dtype=np.int64), sample)
-    return Source("celeba", image_size, 3, [], splits, attribute_names=list(ds.attr_names[:40]),
-                  notes={"celeba_crop": CELEBA_CROP, "celeba_test_partition": 2})
+    return Source("celeba", image_size, 3, [], splits, notes={"celeba_crop": CELEBA_CROP, "celeba_test_partition": 2})
 
 
 FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -197,7 +196,7 @@ def fashion_mnist(root: Path, *, download: bool, image_size: int, workdir: Path)
         ds = _load(lambda: FashionMNIST(str(tv_root), train=train, download=download), "fashion-mnist", root, how)
         data = ds.data.numpy()  # N x 28 x 28 uint8
         splits[split] = SplitSource(ds.targets.numpy().astype(np.int64),
-                                    lambda i, data=data: (resize(data[i][:, :, None], image_size), None))
+                                    lambda i, data=data: resize(data[i][:, :, None], image_size))
     return Source("fashion-mnist", image_size, 1, list(ds.classes), splits)
 
 
@@ -205,7 +204,7 @@ def array_source(dataset: str, images: dict[str, np.ndarray], labels: dict[str, 
                  *, image_size: int, notes: dict | None = None) -> Source:
     """A source from in-memory uint8 N x H x W x C arrays per split (digits; also handy for small custom sets)."""
     splits = {split: SplitSource(np.asarray(labels[split], dtype=np.int64),
-                                 lambda i, imgs=imgs: (resize(imgs[i], image_size), None))
+                                 lambda i, imgs=imgs: resize(imgs[i], image_size))
               for split, imgs in images.items()}
     channels = next(iter(images.values())).shape[3]
     return Source(dataset, image_size, channels, class_names, splits, notes=notes or {})
