@@ -39,9 +39,9 @@ def base_images(n: int, root: Path) -> tuple[np.ndarray, str]:
     """3n grey 28x28 uint8 images (N, H, W, 1) and where they came from."""
     if root.is_dir():
         split = make_source("fashion-mnist", root).splits["train"]
-        return np.stack([split.sample(i)[0] for i in range(min(n * 3, len(split)))]), "Fashion-MNIST"
+        return np.stack([split.sample(i) for i in range(min(n * 3, len(split)))]), "Fashion-MNIST"
     split = make_source("digits", None, image_size=32).splits["train"]
-    return np.stack([split.sample(i % len(split))[0] for i in range(n * 3)]), "sklearn digits (repeated)"
+    return np.stack([split.sample(i % len(split)) for i in range(n * 3)]), "sklearn digits (repeated)"
 
 
 def make_images(base: np.ndarray, n: int, channels: int) -> np.ndarray:
@@ -105,7 +105,7 @@ def main() -> None:
                 out = Path(tmp) / f"{size}_{channels}"
                 index = write_shards(src, out, shard_size=1000, progress=False)
                 mean_bytes = sum((out / s.name).stat().st_size for s in index.split("train").shards) / len(images)
-                resized = np.stack([src.splits["train"].sample(i)[0] for i in range(len(images))])
+                resized = np.stack([src.splits["train"].sample(i) for i in range(len(images))])
                 # best of N: the machine may be shared, and interference only ever slows a run down
                 memory = max(time_memory(resized) for _ in range(args.repeats))
                 one = max(time_shards(out, 1) for _ in range(args.repeats))

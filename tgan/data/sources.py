@@ -117,8 +117,7 @@ def svhn(root: Path, *, download: bool, image_size: int, include_extra: bool = F
         loaded = [_load(lambda n=n: cls(str(root), split=n, download=download), "svhn", root, how) for n in names]
         data = np.concatenate([d.data for d in loaded])  # N x 3 x 32 x 32
         labels = np.concatenate([d.labels for d in loaded]).astype(np.int64)
-        splits[split] = SplitSource(labels, lambda i, data=data: (resize(data[i].transpose(1, 2, 0), image_size),
-                                                                  None))
+        splits[split] = SplitSource(labels, lambda i, data=data: resize(data[i].transpose(1, 2, 0), image_size))
     return Source("svhn", image_size, 3, [str(d) for d in range(10)], splits,
                   notes={"svhn_extra_in_train": include_extra})
 
