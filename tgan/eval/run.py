@@ -181,8 +181,8 @@ def evaluate(cfg: Config, nets: dict[str, nn.Module], out_dir: str | Path, *, da
     else:
         result["note"] = "the data set has no class labels: k-NN, mAP and the probe need them; pictures only"
 
-    if cfg.eval.fid_samples and "G" in nets:  # the triplet baseline has no generator
-        result["generation"] = generation_metrics(cfg, nets["G"], data.test_x, sample_z=family.sample_z)
+    if cfg.eval.fid_samples and family.generator is not None:
+        result["generation"] = generation_metrics(cfg, nets[family.generator], data.test_x, sample_z=family.sample_z)
 
     metrics = Path(cfg.train.out_dir) / "metrics.jsonl" if metrics_path is None else Path(metrics_path)
     if cfg.eval.pictures:

@@ -110,6 +110,9 @@ class Family:
     mines_triplets: bool = False
     """A phase mines triplets over every rank's labelled E(x) (latent_dim wide): --dry-run bounds the
     memory that takes per rank (tgan.losses.mining.mining_summary)."""
+    generator: str | None = "G"
+    """The network that maps z (drawn from `prior`) to images, scored by the generation metric; None
+    for a family without one."""
 
     @property
     def groups(self) -> dict[str, tuple[str, ...]]:

@@ -58,5 +58,5 @@ FAMILY = Family(
     name="triplet",
     # The generator role: E learns at optim.lr_g, as tribigan's E does.
     groups_in_order=(Group("E", ("E",), TripletLoss.e_loss, Role.GENERATOR),),
-    prior=None, networks=networks, loss=loss, eval_features=encoder_features, pictures=pictures, check=check,
-    mines_triplets=True)
+    prior=None, generator=None, networks=networks, loss=loss, eval_features=encoder_features, pictures=pictures,
+    check=check, mines_triplets=True)
