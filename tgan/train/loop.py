@@ -198,8 +198,6 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
         raise ConfigError(f"train.out_dir={str(out)!r} is a file: give a directory (new or holding a run)")
     t_prep = time.monotonic()
     ensure_shards(cfg.data)
-    if rank == 0:
-        runinfo.record_phase(out, "data_prep", time.monotonic() - t_prep)
 
     streams = build_streams(cfg.data, rank=rank, world_size=world, seed=cfg.train.seed,
                             gallery_size=cfg.eval.gallery_size if cfg.eval.every else 0)
@@ -221,6 +219,9 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
     if rank == 0:  # only now that the data, the settings and the checkpoint have been accepted
         out.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, out / "config.yaml")
+        # Recorded only now, so a refused start leaves no run.json: making the shards, their checks
+        # and the labelled scan of build_streams, and building the networks.
+        runinfo.record_phase(out, "data_prep", time.monotonic() - t_prep)
     for net in nets.values():
         net.to(device).train()
     backend = backend if backend is not None else TorchBackend()
