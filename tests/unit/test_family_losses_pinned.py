@@ -1,6 +1,7 @@
 """Fixed-seed losses of every family on the debug recipe (one process, CPU), pinned to the values
 recorded before the family extension point was reworked (tests/fixtures/family_losses.json): a
-refactor of the loop, the backends or the families must leave training exactly as it was.
+refactor of the loop, the backends or the families must leave training as it was, to 1e-5 (the
+exactness contract's tolerance: CPU reductions differ in the last bits with the thread count, 2e-6 seen).
 
 Regenerate the fixture only for an intended change of behaviour:
     python tests/unit/test_family_losses_pinned.py
@@ -44,7 +45,7 @@ def test_fixed_seed_losses_match_the_recorded_ones(debug_shards, tmp_path, run):
     assert len(got) == STEPS and [set(r) for r in got] == [set(r) for r in want]
     for step, (g, w) in enumerate(zip(got, want), start=1):
         for key in w:
-            assert g[key] == pytest.approx(w[key], rel=1e-6, abs=1e-6), (run, step, key)
+            assert g[key] == pytest.approx(w[key], rel=1e-5, abs=1e-5), (run, step, key)
 
 
 if __name__ == "__main__":
