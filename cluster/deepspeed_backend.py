@@ -23,7 +23,7 @@ from torch import nn
 
 from cluster.ray_env import free_port
 from tgan.config import ConfigError, OptimConfig
-from tgan.train.backend import Backend, guarded_step
+from tgan.train.backend import Backend, guarded_step, set_hyperparameters
 
 TAG = "ds"
 
@@ -91,12 +91,14 @@ class DeepSpeedBackend(Backend):
         self._batch_size = batch_size
         self._raw: dict[str, nn.Module] = {}
         self._groups: dict[str, tuple[str, ...]] = {}
+        self._specs: dict = {}
         self._engines: dict = {}
 
     def setup(self, nets, groups, optim_cfg: OptimConfig, device):
         check_config(self._user, on_gpu=device.type == "cuda")
         _ensure_process_group(device)
         self._raw, self._groups = dict(nets), {g.name: g.networks for g in groups}
+        self._specs = {g.name: g for g in groups}
         config = engine_config(self._user, batch_size=self._batch_size, grad_clip=optim_cfg.grad_clip)
         for group in groups:
             container = nn.ModuleDict({n: self._raw[n] for n in group.networks})
@@ -164,3 +166,9 @@ class DeepSpeedBackend(Backend):
                                                   load_lr_scheduler_states=False)
             if load_path is None:
                 raise FileNotFoundError(f"DeepSpeed could not load {path}/{TAG}")
+
+    def apply_optim(self, optim_cfg):
+        # engine.optimizer is torch's Adam itself (ZeRO-0 fp32) or DeepSpeed's wrapper around it,
+        # whose param_groups are the wrapped Adam's.
+        for group, engine in self._engines.items():
+            set_hyperparameters(engine.optimizer, self._specs[group], optim_cfg)

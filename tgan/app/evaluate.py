@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tgan.config import ConfigError, apply_overrides, dump_yaml, parse_overrides
 from tgan.data.index import DataError
-from tgan.train.checkpoint import latest_checkpoint, load_networks
+from tgan.train.checkpoint import MANIFEST, CheckpointError, latest_checkpoint, load_networks
 
 # The networks come from the checkpoint, so only what reads data or scores features may change;
 # train.seed stays, because it defines the random-init baseline (the run's own initial weights).
@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    if (path / "state.pt").is_file():
+    if (path / MANIFEST).is_file() or (path / "state.pt").is_file():
         return path
     newest = latest_checkpoint(path)
     if newest is None:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             net.to(device)
         metrics = run_dir / "metrics.jsonl" if run_dir else None
         result = evaluate(cfg, nets, out, metrics_path=metrics)
-    except (ConfigError, DataError, FileNotFoundError, NotADirectoryError) as e:
+    except (ConfigError, DataError, FileNotFoundError, NotADirectoryError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{cfg.model.family} checkpoint {checkpoint}: {result['num_test']} test queries against "

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tgan import dist
 from tgan.config import OptimConfig
 from tgan.families.base import Group
+from tgan.train.checkpoint import safe_load
 
 # DDP's flag for "do not broadcast buffers at each forward": torch 2.13 renamed broadcast_buffers
 # (now a FutureWarning) to forward_sync_buffers. The new flag still broadcasts the buffers once at
@@ -73,6 +74,11 @@ class Backend(abc.ABC):
     def load(self, directory: Path) -> None:
         """Called on every rank after `setup`: restore what `save` wrote."""
 
+    @abc.abstractmethod
+    def apply_optim(self, optim_cfg: OptimConfig) -> None:
+        """Set every group's learning rate and betas from `optim_cfg`. Called after `load`, which
+        restores the saved ones along with the optimizer state: a resume's new values take effect."""
+
 
 def guarded_step(loss: torch.Tensor, names: Sequence[str], *, backward: Callable[[torch.Tensor], None],
                  norm: Callable[[str], torch.Tensor], apply: Callable[[torch.Tensor], None],
@@ -99,6 +105,13 @@ def guarded_step(loss: torch.Tensor, names: Sequence[str], *, backward: Callable
     return StepResult(grad_norms=dict(zip(names, values[:-1])), finite=finite)
 
 
+def set_hyperparameters(optimizer: torch.optim.Optimizer, group: Group, cfg: OptimConfig) -> None:
+    """The group's learning rate (by its role) and Adam betas from `cfg`, in every param group of `optimizer`."""
+    for param_group in optimizer.param_groups:
+        param_group["lr"] = group.lr(cfg)
+        param_group["betas"] = (cfg.beta1, cfg.beta2)
+
+
 def grad_norm(module: nn.Module) -> torch.Tensor:
     """L2 norm over all of a module's gradients (0 when none has a gradient), left on the device."""
     norms = [p.grad.detach().norm(2) for p in module.parameters() if p.grad is not None]
@@ -116,12 +129,14 @@ class TorchBackend(Backend):
         self._raw: dict[str, nn.Module] = {}
         self._wrapped: dict[str, nn.Module] = {}
         self._groups: dict[str, tuple[str, ...]] = {}
+        self._specs: dict[str, Group] = {}
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
         self._grad_clip = 0.0
 
     def setup(self, nets, groups, optim_cfg, device):
         self._raw = dict(nets)
         self._groups = {g.name: g.networks for g in groups}
+        self._specs = {g.name: g for g in groups}
         self._grad_clip = optim_cfg.grad_clip
         distributed = dist.world_size() > 1
         for name, net in self._raw.items():
@@ -169,9 +184,13 @@ class TorchBackend(Backend):
         path = Path(directory) / "optim.pt"
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {directory} has no optim.pt (was it written by another backend?)")
-        states = torch.load(path, map_location="cpu", weights_only=True)
+        states = safe_load(path)
         missing = sorted(set(self._optimizers) - set(states))
         if missing:
             raise ValueError(f"{path} has no optimizer state for group {missing[0]} (groups saved: {sorted(states)})")
         for group, opt in self._optimizers.items():
             opt.load_state_dict(states[group])
+
+    def apply_optim(self, optim_cfg):
+        for group, opt in self._optimizers.items():
+            set_hyperparameters(opt, self._specs[group], optim_cfg)

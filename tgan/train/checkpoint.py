@@ -1,17 +1,28 @@
-"""Checkpoints: everything the next step depends on, written atomically, the last few kept.
+"""Checkpoints: everything the next step depends on, written atomically, verified before loading,
+loaded without unpickling arbitrary objects, the last few kept.
 
 Layout of `<out_dir>/checkpoints/step_00000042/`:
-- `state.pt` (rank 0): resolved config dict, completed step count, every network's state_dict (from
-  the raw modules, so evaluation needs no backend), counters, and the data set's shape (`meta`);
+- `state.pt` (rank 0): resolved config dict, completed step count, world size, every network's
+  state_dict (from the raw modules, so evaluation needs no backend), counters, the data set's shape
+  (`meta`) and the history of config changes made on resume (`config_history`);
 - `rank_<r>.pt` (every rank): that rank's RNG states (torch CPU and CUDA, numpy, python) and its
   data position (`streams.state_dict()`);
-- whatever `backend.save(dir)` writes (TorchBackend: `optim.pt` with every group's optimizer state).
+- whatever `backend.save(dir)` writes (TorchBackend: `optim.pt`; DeepSpeed: its engines' files);
+- `manifest.json` (rank 0, after every rank wrote): size and sha256 of every other file.
+
+Everything tgan writes is tensors and plain Python data, so it is read with
+`torch.load(weights_only=True)`: a planted pickle cannot run code there. DeepSpeed reads its own
+files with full unpickling, so `verify_checkpoint` checks every file against the manifest before
+anything is loaded: a truncated, damaged, replaced or added file is refused, naming it.
 
 A checkpoint is written into `.tmp_step_...` and renamed when every rank has finished, so a run
 killed mid-save leaves the previous checkpoint intact and never a half-written one under a final name.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -22,23 +33,36 @@ import torch
 from torch import nn
 
 from tgan import dist
-from tgan.config import Config, config_from_dict
+from tgan.config import Config, ConfigError, config_from_dict
 from tgan.families.base import build_networks
 
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used: the message names the file and why (missing, damaged, unsafe)."""
+
+
 PREFIX = "step_"
+MANIFEST = "manifest.json"
 
 
 def checkpoint_dir(out_dir: str | Path) -> Path:
     return Path(out_dir) / "checkpoints"
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """N of a `step_N` directory, None for any other name (e.g. a downloaded copy)."""
+    digits = path.name[len(PREFIX):]
+    return int(digits) if path.name.startswith(PREFIX) and digits.isdigit() else None
+
+
 def list_checkpoints(out_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run (those with a state.pt), oldest first."""
+    """The run's checkpoint directories, oldest first. Each was complete when it was renamed into
+    place; whether it still is, `verify_checkpoint` tells."""
     root = checkpoint_dir(out_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / "state.pt").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    found = [p for p in root.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
+    return sorted(found, key=checkpoint_step)
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
@@ -47,7 +71,12 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This process's RNG states as tensors and plain data (numpy's key array becomes a tensor)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -55,18 +84,78 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(directory: Path) -> None:
+    """Size and sha256 of every file in `directory` (call once every rank has written its files)."""
+    files = {rel: {"bytes": (directory / rel).stat().st_size, "sha256": _sha256(directory / rel)}
+             for rel in _files(directory)}
+    (directory / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Raise CheckpointError, naming the file, unless every file matches the manifest and no file
+    was added: called before anything of a checkpoint is loaded (DeepSpeed unpickles its files)."""
+    path = Path(path)
+    file = path / MANIFEST
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing: {path} is not a complete tgan checkpoint")
+    try:
+        files = json.loads(file.read_text())["files"]
+        expected = {rel: (int(v["bytes"]), str(v["sha256"])) for rel, v in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{file} is damaged ({type(e).__name__}: {e})") from e
+    for rel, (size, digest) in expected.items():
+        f = path / rel
+        if not f.is_file():
+            raise CheckpointError(f"{f} is missing (listed in {MANIFEST})")
+        if f.stat().st_size != size:
+            raise CheckpointError(f"{f} has {f.stat().st_size} bytes but {MANIFEST} says {size}: truncated or replaced")
+        if _sha256(f) != digest:
+            raise CheckpointError(f"{f} does not match its sha256 in {MANIFEST}: damaged or replaced")
+    extra = sorted(set(_files(path)) - set(expected))
+    if extra:
+        raise CheckpointError(f"{path / extra[0]} is not in {MANIFEST}: a file was added to the checkpoint")
+
+
+def safe_load(file: Path) -> Any:
+    """torch.load with weights_only=True (tensors and plain data only), errors as one line naming the file."""
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{file} holds objects other than tensors and plain data; refused, since "
+                              "loading it could run code") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "empty or truncated"
+        raise CheckpointError(f"{file} cannot be read ({type(e).__name__}: {first})") from e
 
 
 def save_checkpoint(out_dir: str | Path, step: int, *, state: dict[str, Any], rank_state: dict[str, Any],
                     backend: Any, keep: int) -> Path:
     """Collective (every rank calls it): write one checkpoint, then keep only the newest `keep`.
 
-    `state` is rank 0's shared part (config, networks, counters, meta; `step` is added here),
-    `rank_state` this rank's part (world_size, rng, data), `backend` anything with `save(dir)`.
+    `state` is rank 0's shared part (config, networks, counters, meta, config_history; `step` and
+    `world_size` are added here), `rank_state` this rank's part (rng, data), `backend` anything with
+    `save(dir)`. All of it must be tensors and plain data (what weights_only loading accepts).
     """
     root = checkpoint_dir(out_dir)
     final = root / f"{PREFIX}{step:08d}"
@@ -83,6 +172,7 @@ def save_checkpoint(out_dir: str | Path, step: int, *, state: dict[str, Any], ra
         torch.save({**state, "step": step, "world_size": dist.world_size()}, tmp / "state.pt")
     dist.barrier()
     if rank == 0:
+        write_manifest(tmp)
         if final.exists():  # only when a run was restarted from an earlier checkpoint
             shutil.rmtree(final)
         tmp.rename(final)
@@ -93,23 +183,23 @@ def save_checkpoint(out_dir: str | Path, step: int, *, state: dict[str, Any], ra
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The shared part (state.pt) of a checkpoint directory."""
-    file = Path(path) / "state.pt"
-    if not file.is_file():
-        raise FileNotFoundError(f"{path} is not a checkpoint directory: it has no state.pt")
-    # Our own run output; it holds numpy RNG arrays and data positions, not only tensors.
-    return torch.load(file, map_location="cpu", weights_only=False)
+    """The shared part (state.pt) of a checkpoint directory, verified against its manifest first."""
+    path = Path(path)
+    verify_checkpoint(path)
+    return safe_load(path / "state.pt")
 
 
-def load_rank_state(path: str | Path, rank: int, world_size: int) -> dict[str, Any]:
-    """This rank's part (RNG state, data position); the world size must match the one that saved it."""
-    file = Path(path) / f"rank_{rank}.pt"
-    state = torch.load(file, map_location="cpu", weights_only=False) if file.is_file() else None
-    if state is None or state["world_size"] != world_size:
-        saved = "fewer" if state is None else state["world_size"]
-        raise ValueError(f"checkpoint {path} was written by {saved} ranks but this run has {world_size}: "
-                         "resume with the same cluster.num_workers or start a new train.out_dir")
-    return state
+def load_rank_state(path: str | Path, rank: int) -> dict[str, Any]:
+    """This rank's part (RNG state, data position) of a checkpoint verified with `load_checkpoint`."""
+    return safe_load(Path(path) / f"rank_{rank}.pt")
+
+
+def check_world_size(path: str | Path, state: dict[str, Any], world_size: int) -> None:
+    """A checkpoint's RNG states and data positions are per rank: resume with the same number of ranks."""
+    if state["world_size"] != world_size:
+        raise ConfigError(f"checkpoint {path} was written by {state['world_size']} ranks but this run has "
+                          f"{world_size}: resume with cluster.num_workers={state['world_size']} or start a new "
+                          "train.out_dir")
 
 
 def load_networks(path: str | Path) -> tuple[Config, dict[str, nn.Module]]:

@@ -35,7 +35,9 @@ from tgan.families.base import Group, build_networks
 from tgan.losses.base import Batch
 from tgan.progress import Progress
 from tgan.train import checkpoint as ckpt
+from tgan.train import resume as resume_lib
 from tgan.train.backend import Backend, TorchBackend
+from tgan.train.checkpoint import CheckpointError
 from tgan.train.shards import ensure_shards
 
 Reporter = Callable[[int, dict[str, float], "Path | None"], None]
@@ -45,7 +47,7 @@ class NonFiniteError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient norm."""
 
 
-USER_ERRORS = (ConfigError, DataError, FileNotFoundError, NonFiniteError)
+USER_ERRORS = (ConfigError, DataError, FileNotFoundError, NonFiniteError, CheckpointError)
 """What train() raises about the user's settings or data: the message says what to change, so the
 command lines print it as one line (cluster/ also unwraps it from Ray's worker errors)."""
 
@@ -75,22 +77,6 @@ def use_deterministic_kernels() -> None:
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
-
-
-def find_resume(cfg: Config, resume_from: str | Path | None) -> Path | None:
-    """The checkpoint to start from: an explicit path, else train.resume (auto/never/a path)."""
-    choice = str(resume_from) if resume_from is not None else cfg.train.resume
-    if choice == "never":
-        existing = ckpt.latest_checkpoint(cfg.train.out_dir)
-        if existing is not None:
-            raise ConfigError(f"train.resume=never but train.out_dir={cfg.train.out_dir!r} already holds checkpoints "
-                              f"(newest {existing.name}): choose a new train.out_dir or train.resume=auto")
-        return None
-    if choice == "auto":
-        return ckpt.latest_checkpoint(cfg.train.out_dir)
-    if not (Path(choice) / "state.pt").is_file():
-        raise ConfigError(f"train.resume={choice!r} is not a checkpoint directory (no state.pt in it)")
-    return Path(choice)
 
 
 class PhaseRunner:
@@ -133,6 +119,24 @@ def _global_sum(value: int, device: torch.device) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=device)
     torch_dist.all_reduce(t)
     return int(t.item())
+
+
+def _all_true(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` holds on every rank (so that every rank takes the same decision)."""
+    if not dist.is_dist():
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def _nonfinite_tensor(nets: dict[str, nn.Module]) -> str | None:
+    """The first parameter or buffer (e.g. "D.main.0.weight") holding a non-finite value, or None."""
+    for name, net in nets.items():
+        for key, t in net.state_dict().items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return f"{name}.{key}"
+    return None
 
 
 def _out_of_time(deadline: float | None, device: torch.device) -> bool:
@@ -185,6 +189,9 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
           resume_from: str | Path | None = None) -> TrainResult:
     """Train `cfg` on this rank; returns when train.steps steps are done (or train.time_limit_s is up).
 
+    Starts fresh, or continues the run in train.out_dir (see tgan.train.resume: what may change on
+    resume, fallback to older checkpoints); `resume_from` is a checkpoint handed over by a restart
+    (Ray), tried first. Nothing is written into train.out_dir before the start is accepted.
     `reporter(step, scalars, checkpoint_dir_or_None)` is called on every rank at every log step and
     at every checkpoint; rank 0 also appends the scalars to <out_dir>/metrics.jsonl, shows the
     progress (tgan.progress) and records the phases' times in <out_dir>/run.json (tgan.runinfo).
@@ -209,16 +216,20 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
     nets = build_networks(cfg, **meta)
     loss_fn = family.make_loss(cfg.loss, cfg.model, index.num_classes)
 
-    start, counters, last_ckpt = 0, {"nonfinite_skipped": 0, "nonfinite_in_row": 0}, None
-    resume = find_resume(cfg, resume_from)
-    if resume is not None:
-        state = ckpt.load_checkpoint(resume)
+    start, counters, last_ckpt, history = 0, {"nonfinite_skipped": 0, "nonfinite_in_row": 0}, None, []
+    resumed = resume_lib.open_resume(
+        cfg, resume_from, world_size=world, rank=rank, all_ok=lambda ok: _all_true(ok, device),
+        report=lambda line: print(line, file=sys.stderr, flush=True))
+    if resumed is not None:
+        resume_lib.check_meta(resumed.path, resumed.state["meta"], meta)
         for name, net in nets.items():
-            net.load_state_dict(state["nets"][name])
-        start, counters, last_ckpt = state["step"], state["counters"], resume
+            net.load_state_dict(resumed.state["nets"][name])
+        start, counters, last_ckpt = resumed.step, resumed.state["counters"], resumed.path
+        history = resumed.history()
     if rank == 0:  # only now that the data, the settings and the checkpoint have been accepted
         out.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, out / "config.yaml")
+        resume_lib.write_history(out, history)
         # Recorded only now, so a refused start leaves no run.json: making the shards, their checks
         # and the labelled scan of build_streams, and building the networks.
         runinfo.record_phase(out, "data_prep", time.monotonic() - t_prep)
@@ -228,14 +239,16 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
     backend.setup(nets, family.groups_in_order, cfg.optim, device)
 
     seed_everything(dist.rank_seed(cfg.train.seed, rank))
-    if resume is not None:
-        backend.load(resume)
-        saved = ckpt.load_rank_state(resume, rank, world)
-        streams.load_state_dict(saved["data"])
-        ckpt.set_rng_state(saved["rng"])
+    if resumed is not None:
+        backend.load(resumed.path)
+        backend.apply_optim(cfg.optim)  # load restored the saved learning rates and betas
+        streams.load_state_dict(resumed.rank_state["data"])
+        ckpt.set_rng_state(resumed.rank_state["rng"])
         if rank == 0:
             _trim_metrics(out / "metrics.jsonl", start)
-            print(f"resumed from {resume} at step {start}", flush=True)
+            changed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in resumed.changes.items())
+            print(f"resumed from {resumed.path} at step {start}" + (f"; from step {start + 1}: {changed}"
+                                                                    if changed else ""), flush=True)
 
     run_phase = PhaseRunner(backend, loss_fn, list(nets))
     validation = LiveValidation(cfg, family, streams, device) if cfg.eval.every else None
@@ -267,11 +280,17 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
                     progress.update(step, scalars)  # a line with the new validation metrics
             saved_path = None
             if is_ckpt:
-                saved_path = last_ckpt = ckpt.save_checkpoint(
-                    out, step, backend=backend, keep=cfg.train.keep_checkpoints,
-                    state={"config": cfg.to_dict(), "meta": meta, "counters": dict(counters),
-                           "nets": {n: backend.raw(n).state_dict() for n in nets}},
-                    rank_state={"world_size": world, "rng": ckpt.rng_state(), "data": streams.state_dict()})
+                bad = _nonfinite_tensor({n: backend.raw(n) for n in nets})
+                if _all_true(bad is None, device):
+                    saved_path = last_ckpt = ckpt.save_checkpoint(
+                        out, step, backend=backend, keep=cfg.train.keep_checkpoints,
+                        state={"config": cfg.to_dict(), "meta": meta, "counters": dict(counters),
+                               "config_history": history, "nets": {n: backend.raw(n).state_dict() for n in nets}},
+                        rank_state={"rng": ckpt.rng_state(), "data": streams.state_dict()})
+                elif rank == 0 or bad is not None:
+                    print(f"step {step}: checkpoint not written: the weights hold non-finite values "
+                          f"({bad or 'on another rank'}); the last finite checkpoint is {last_ckpt}",
+                          file=sys.stderr, flush=True)
             if is_log and rank == 0:
                 with (out / "metrics.jsonl").open("a") as f:
                     f.write(_metrics_line(step, {"time": round(time.time(), 3),
@@ -279,10 +298,13 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
             if reporter is not None:
                 reporter(step, scalars, saved_path)
             if give_up:
+                where = (f"continue from the last finite checkpoint, {last_ckpt}, by running the same command "
+                         "again with a lower optim.lr (a resume applies it)" if last_ckpt is not None else
+                         "no finite checkpoint was written: start again with a lower optim.lr")
                 raise NonFiniteError(
                     f"{counters['nonfinite_in_row']} steps in a row (up to step {step}) had a non-finite loss or "
                     f"gradient norm and were skipped (train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); "
-                    f"last scalars {scalars}: lower optim.lr or set optim.grad_clip")
+                    f"last scalars {scalars}: lower optim.lr or set optim.grad_clip; {where}")
             if last and step < cfg.train.steps:
                 if rank == 0:
                     print(f"train.time_limit_s={cfg.train.time_limit_s:g} reached: stopped at step {step} "
