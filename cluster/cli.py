@@ -1,5 +1,6 @@
 """launch/train.py: recipe + dotted overrides -> Ray Train run (local Ray, RAY_ADDRESS or `ray job
 submit`) -> evaluation table. The flags are the one-process CLI's (tgan.app.recipe) plus --resume.
+The same command starts the run of train.out_dir or continues it (train.resume=never refuses to).
 launch/sweep.py (`sweep_main`): the same flags plus --sweep SPEC / --grid -> a Ray Tune sweep of such runs."""
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from tgan.app.recipe import recipe_parser, resolve_config
 def main(argv: list[str] | None = None) -> int:
     p = recipe_parser("Train a metric-learning GAN from a YAML recipe on Ray Train.")
     p.add_argument("--resume", action="store_true",
-                   help="continue the stopped run in train.out_dir from its last checkpoint")
+                   help="fail unless train.out_dir holds a run to continue (without it, an existing run is "
+                        "continued and a new one started)")
     p.add_argument("--verbose", action="store_true",
                    help="also show Ray Train's own INFO logs (each report's metrics dict, each checkpoint)")
     args = p.parse_args(argv)

@@ -112,6 +112,10 @@ def connect(metrics_export_port: int | None = None) -> RayConnection:
                  # Push worker metrics to the agent every second instead of every 10 s, so short
                  # local runs show up in a scrape; clusters keep Ray's default.
                  _system_config={"metrics_report_interval_ms": 1000})
+    except Exception as e:  # Ray raises a bare Exception when its node times out starting on a busy machine
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ClusterError(f"could not start a local Ray in this process ({first}): retry when the machine is "
+                           "less busy, or set RAY_ADDRESS to join a running cluster") from e
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]  # a later `ray start` from this process picks its own
     return RayConnection(address="local", metrics_url=f"http://127.0.0.1:{port}/metrics")

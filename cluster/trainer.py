@@ -35,6 +35,7 @@ from tgan.config import Config, apply_overrides, config_from_dict
 from tgan.train import checkpoint as ckpt
 from tgan.train.backend import Backend, TorchBackend
 from tgan.train.loop import USER_ERRORS
+from tgan.train.resume import open_resume
 
 
 @dataclass
@@ -123,24 +124,23 @@ def train_worker(config: dict) -> None:
         train(cfg, backend=backend, reporter=reporter, resume_from=path)
 
 
-def check_run_dir(cfg: Config, run_dir: str, resume: bool) -> None:
-    """A new run must not silently continue an old one, and --resume needs something to resume.
+def check_start(cfg: Config, run_dir: str, resume: bool) -> None:
+    """Before anything is written or started: the same command starts a run or continues it.
 
-    Ray Train restores a run whose storage_path/name already holds its state, whatever train.resume
-    says, so an existing Ray run directory also needs --resume.
+    Continuing (train.resume=auto, the default) checks the newest loadable checkpoint of
+    train.out_dir against the config (tgan.train.resume: refused fields, world size). Ray Train
+    restores a run whose storage_path/name already holds its state, so with train.resume=never an
+    existing Ray run directory is refused too; `resume` (--resume) insists that there is a run.
     """
-    found = ckpt.latest_checkpoint(cfg.train.out_dir)
     local = "://" not in run_dir
     ray_state = local and any(Path(run_dir).glob(f"{ckpt.PREFIX}*"))
-    if resume:
-        if found is None and not ray_state and local:
-            raise ray_env.ClusterError(f"--resume: train.out_dir={cfg.train.out_dir!r} holds no checkpoint and "
-                                       f"{run_dir} no Ray run state: nothing to resume (start it without --resume)")
-        return
-    if ray_state or (cfg.train.resume == "auto" and found is not None):
-        where = run_dir if ray_state else found
-        raise ray_env.ClusterError(f"train.out_dir={cfg.train.out_dir!r} already holds a run ({where}): pass --resume to "
-                                   "continue it, or choose a new train.out_dir")
+    if cfg.train.resume == "never" and ray_state:
+        raise ray_env.ClusterError(f"train.resume=never but {run_dir} already holds Ray's copy of a run: choose a "
+                                   "new train.out_dir, or drop train.resume=never to continue it")
+    found = open_resume(cfg, world_size=cfg.cluster.num_workers)
+    if resume and found is None and not ray_state and local:
+        raise ray_env.ClusterError(f"--resume: train.out_dir={cfg.train.out_dir!r} holds no checkpoint and "
+                                   f"{run_dir} no Ray run state: nothing to resume (start it without --resume)")
 
 
 def build_trainer(cfg: Config, storage: str, worker=train_worker, *, name: str | None = None,
@@ -180,16 +180,19 @@ def user_error(e: WorkerGroupError) -> Exception:
 
 
 def run(cfg: Config, *, resume: bool = False, verbose: bool = False) -> RunResult:
-    """Driver: checks, connect, fit (`verbose`: Ray Train's INFO logs too, see build_trainer).
-    Raises ClusterError / ConfigError naming the setting at fault."""
+    """Driver: checks, connect, fit (`verbose`: Ray Train's INFO logs too, see build_trainer). Starts
+    the run of train.out_dir, or continues it when it exists (a retried job just works;
+    train.resume=never refuses instead). Raises ClusterError, ConfigError or CheckpointError naming
+    the setting or file at fault."""
     cfg = absolute_paths(cfg)
     if cfg.cluster.backend == "deepspeed":  # imported only then: deepspeed takes seconds to import
         from cluster.deepspeed_backend import check_config as check_deepspeed
 
         check_deepspeed(cfg.cluster.deepspeed, on_gpu=cfg.cluster.use_gpu)
-    storage = ray_env.storage_path(cfg.cluster, cfg.train.out_dir)
+    planned = cfg.cluster.storage_path or str(Path(cfg.train.out_dir) / "ray")
+    check_start(cfg, f"{planned.rstrip('/')}/{Path(cfg.train.out_dir).name}", resume)
+    storage = ray_env.storage_path(cfg.cluster, cfg.train.out_dir)  # creates it: only once the start is accepted
     run_dir = f"{storage.rstrip('/')}/{Path(cfg.train.out_dir).name}"
-    check_run_dir(cfg, run_dir, resume)
     conn = ray_env.connect()
     ray_env.ensure_resources(cfg.cluster)
     if conn.metrics_url:

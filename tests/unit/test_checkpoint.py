@@ -1,7 +1,11 @@
 """Checkpoints: resume gives the same per-step losses as an uninterrupted run, saves are atomic, the
-RNG and data position come back, networks load for evaluation, a killed run resumes by itself."""
+RNG and data position come back, networks load for evaluation, a killed run resumes by itself.
+Resume semantics: new learning rates take effect and are recorded, fields that define the checkpoint
+are refused before anything is written; a planted pickle never runs; a damaged checkpoint falls back
+to the previous one; non-finite weights are never saved."""
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +16,8 @@ import torch
 
 from tgan.config import ConfigError, load_config
 from tgan.train import checkpoint as ckpt
-from tgan.train.loop import train
+from tgan.train import resume as resume_lib
+from tgan.train.loop import NonFiniteError, train
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBUG = ROOT / "launch" / "recipes" / "debug.yaml"
@@ -143,3 +148,134 @@ def test_deterministic_cuda_run_repeats_and_resumes_bit_for_bit(shards, tmp_path
     finally:
         torch.use_deterministic_algorithms(before[0])
         torch.backends.cudnn.deterministic = before[1]
+
+
+# Resume semantics, checkpoint safety and fallback (issue 9). They share one 4-step run (checkpoints
+# of steps 2 and 4) and work on copies of it.
+
+@pytest.fixture(scope="module")
+def four_steps(shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("base") / "run"
+    train(cfg_for(shards, out, "train.steps=4"))
+    return out
+
+
+@pytest.fixture
+def run_copy(four_steps, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(four_steps, out)
+    return out
+
+
+def history_of(out):
+    """config_history.jsonl without the train.out_dir change that copying the run makes."""
+    rows = [json.loads(line) for line in (out / "config_history.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert row["changes"].pop("train.out_dir")[1] == str(out)
+    return rows
+
+
+def final_weights(result):
+    return torch.cat([p.detach().flatten() for n in sorted(result.nets) for p in result.nets[n].parameters()])
+
+
+def test_resume_applies_new_learning_rates_and_betas_and_records_them(shards, run_copy, tmp_path):
+    same = tmp_path / "same"
+    shutil.copytree(run_copy, same)
+    kept = train(cfg_for(shards, same, "train.steps=5"))
+    changed = train(cfg_for(shards, run_copy, "train.steps=5", "optim.lr=0.05", "optim.beta1=0.9"))
+    # Adam's load_state_dict restores the saved lr and betas; the new ones must win.
+    assert (final_weights(changed) - final_weights(kept)).abs().max() > 1e-2
+    history = history_of(run_copy)
+    assert history == [{"from_step": 5, "changes": {"train.steps": [4, 5], "optim.lr": [2e-4, 0.05],
+                                                    "optim.beta1": [0.5, 0.9]}}]
+    saved = ckpt.load_checkpoint(changed.checkpoint)["config_history"]
+    assert [{**h, "changes": {k: v for k, v in h["changes"].items() if k != "train.out_dir"}} for h in saved] == history
+    assert history_of(same) == [{"from_step": 5, "changes": {"train.steps": [4, 5]}}]
+
+
+def test_resume_refuses_fields_that_define_the_checkpoint_before_writing_anything(shards, run_copy):
+    before = {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError) as refused:
+        train(cfg_for(shards, run_copy, "train.steps=6", "model.width=0.25", "data.label_seed=3"))
+    message = str(refused.value)
+    assert "\n" not in message and "model.width 0.125 -> 0.25" in message and "data.label_seed 0 -> 3" in message
+    assert "train.steps" not in message  # a field that may change is not listed
+    assert {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()} == before
+
+
+class Planted:
+    """Unpickling this creates the file `marker`: what a malicious state.pt would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("manifest", ["left as it was", "rewritten by the attacker"])
+def test_a_planted_pickle_is_never_executed_by_resume_or_evaluate(shards, run_copy, tmp_path, manifest, capsys):
+    from tgan.eval.cli import main as evaluate_main
+
+    marker = tmp_path / "pwned"
+    newest = run_copy / "checkpoints" / "step_00000004"
+    torch.save({"config": Planted(marker)}, tmp_path / "evil.pt")
+    torch.load(tmp_path / "evil.pt", weights_only=False)  # the plant is real: full unpickling runs it
+    assert marker.exists()
+    marker.unlink()
+    shutil.copy(tmp_path / "evil.pt", newest / "state.pt")
+    if manifest == "rewritten by the attacker":
+        ckpt.write_manifest(newest)
+    assert evaluate_main([str(run_copy)]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and str(newest / "state.pt") in error
+    # Resume skips it (one line naming the file) and continues from the older checkpoint.
+    result = train(cfg_for(shards, run_copy, "train.steps=5"))
+    assert result.step == 5 and not marker.exists()
+    assert f"checkpoint step_00000004 skipped: {newest / 'state.pt'}" in capsys.readouterr().err
+    assert [r["step"] for r in per_step(run_copy)] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda d: (d / "state.pt").write_bytes((d / "state.pt").read_bytes()[:100]), "state.pt has 100 bytes"),
+    (lambda d: (d / "rank_0.pt").write_bytes(b""), "rank_0.pt has 0 bytes"),
+    (lambda d: (d / "rank_0.pt").unlink(), "rank_0.pt is missing"),
+    (lambda d: (d / "optim.pt").write_bytes(b"x" * (d / "optim.pt").stat().st_size), "optim.pt does not match"),
+    (lambda d: (d / "manifest.json").unlink(), "manifest.json is missing"),
+    (lambda d: (d / "extra.pt").write_bytes(b"x"), "extra.pt is not in manifest.json"),
+])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(shards, run_copy, damage, why, capsys):
+    newest, older = ckpt.list_checkpoints(run_copy)[::-1]
+    damage(newest)
+    lines = []
+    resumed = resume_lib.open_resume(cfg_for(shards, run_copy, "train.steps=6"), world_size=1, rank=0,
+                                     report=lines.append)
+    assert resumed.path == older and resumed.step == 2
+    assert len(lines) == 1 and lines[0].startswith("checkpoint step_00000004 skipped: ") and why in lines[0]
+    assert "fewer" not in lines[0]
+
+
+def test_the_run_fails_in_one_line_only_when_no_checkpoint_loads(shards, run_copy):
+    for path in ckpt.list_checkpoints(run_copy):
+        (path / "state.pt").write_bytes(b"")
+    with pytest.raises(ckpt.CheckpointError, match=r"none of the 2 checkpoints .* can be loaded \(newest: .*"
+                                                   r"step_00000004/state.pt has 0 bytes") as failed:
+        train(cfg_for(shards, run_copy, "train.steps=6"))
+    assert "\n" not in str(failed.value)
+    # A checkpoint the user names is used or refused, never replaced by another one.
+    with pytest.raises(ckpt.CheckpointError, match="step_00000002/state.pt has 0 bytes"):
+        train(cfg_for(shards, run_copy, f"train.resume={run_copy / 'checkpoints' / 'step_00000002'}"))
+
+
+def test_non_finite_weights_are_never_saved_and_the_error_names_the_last_finite_checkpoint(shards, run_copy, capsys):
+    # lr 1e38 drives the weights or their BatchNorm statistics to non-finite values within two steps.
+    with pytest.raises(NonFiniteError, match=r"continue from the last finite checkpoint, .*step_00000004, by running "
+                                             r"the same command again with a lower optim.lr"):
+        train(cfg_for(shards, run_copy, "train.steps=12", "optim.lr=1e38", "train.max_nonfinite_in_row=3"))
+    assert "step 6: checkpoint not written: the weights hold non-finite values" in capsys.readouterr().err
+    assert [p.name for p in ckpt.list_checkpoints(run_copy)] == ["step_00000002", "step_00000004"]
+    # The same command with a lower lr continues from step 4 with that lr, and finishes finite.
+    result = train(cfg_for(shards, run_copy, "train.steps=6"))
+    assert result.step == 6 and torch.isfinite(final_weights(result)).all()
+    assert history_of(run_copy) == [{"from_step": 5, "changes": {"train.steps": [4, 6]}}]
