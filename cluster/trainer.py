@@ -47,7 +47,7 @@ class RunResult:
     checkpoint: Checkpoint
     """The last checkpoint, where Ray stored it (`.path`: a path or URI)."""
     run_dir: str
-    """storage_path/name: Ray's copy of the run (checkpoints, its state for --resume)."""
+    """storage_path/name: Ray's copy of the run (checkpoints, its state, from which Ray restores a continued run)."""
 
 
 def absolute_paths(cfg: Config) -> Config:

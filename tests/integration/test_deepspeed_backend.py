@@ -6,7 +6,8 @@ at ZeRO 1 and 2 (step 3's values inherit the weight differences below: 8.4e-4 me
 x86_64 VM, the same before and after the family rework). Their weights after 3 steps: ZeRO-0 to 1e-6; ZeRO 1/2 flatten each group into one
 fp32 buffer and clip it there, and Adam's normalisation m/sqrt(v) turns those last-bit differences of
 near-zero gradients into differences up to lr per step, so 95% of the weights must agree to 1e-6 and
-all of them to lr. its checkpoint round-trips the ZeRO-partitioned optimizer state; a non-finite loss is
+all of them to lr. its checkpoint round-trips the ZeRO-partitioned optimizer state, and a learning
+rate set after loading takes effect; a non-finite loss is
 skipped without touching the weights; bf16/fp16 on CPU are refused naming the field.
 """
 import os
@@ -107,6 +108,14 @@ def _checkpoint_and_nonfinite(rank, tmp):
     fresh.setup(nets, family.groups_in_order, OPTIM, torch.device("cpu"))
     fresh.load(ckpt)
     assert one_step(fresh) == expected
+
+    # A resume's learning rate wins over the one load() restored with the optimizer state: at lr
+    # 1e-12 a step moves no weight by more than 1e-9 (at the saved lr, 1e-3, by about 1e-3).
+    fresh.apply_optim(OptimConfig(lr=1e-12, grad_clip=1.0))
+    weights = torch.cat([p.detach().flatten().clone() for n in ("G", "E", "D") for p in fresh.raw(n).parameters()])
+    one_step(fresh)
+    after = torch.cat([p.detach().flatten() for n in ("G", "E", "D") for p in fresh.raw(n).parameters()])
+    assert (after - weights).abs().max() < 1e-9
 
     before = torch.cat([p.detach().flatten().clone() for p in fresh.raw("D").parameters()])
     loss = fresh.raw("D")(batch.x, torch.zeros(B, MODEL.latent_dim)).mean()
