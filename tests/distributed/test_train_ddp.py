@@ -73,7 +73,7 @@ def test_two_rank_ddp_run_keeps_ranks_identical_and_checkpoints_every_rank(debug
     assert r0["scalars"]["grad_norm/D"] == r1["scalars"]["grad_norm/D"]  # all-reduced gradients
 
     final = tmp_path / "run" / "checkpoints" / "step_00000003"
-    assert {p.name for p in final.iterdir()} == {"state.pt", "optim.pt", "rank_0.pt", "rank_1.pt"}
+    assert {p.name for p in final.iterdir()} == {"state.pt", "optim.pt", "rank_0.pt", "rank_1.pt", "manifest.json"}
     assert load_checkpoint(final)["world_size"] == WORLD
     saved = load_checkpoint(final)["nets"]["G"]
     assert all(torch.equal(saved[key], value) for key, value in r0["params"]["G"].items())
