@@ -4,13 +4,14 @@ A run directory holds one run. Starting with the same config again continues it 
 checkpoint (train.resume=auto), so a retried job just works. The checkpoint carries the config it
 was trained with; the new config is compared with it field by field:
 
-- fields in MUTABLE only steer the rest of the run (length, learning rates, clipping, logging,
-  checkpoint cadence, evaluation, where files and Ray live): a change is applied from the next step
-  (the backend sets the optimizers' learning rates and betas after restoring their state) and
-  recorded in the checkpoint's `config_history` and in `<out_dir>/config_history.jsonl`;
+- fields in MUTABLE only steer the rest of the run (length, learning rates, clipping, loss weights,
+  logging, checkpoint cadence, evaluation, where files and Ray live): a change is applied from the
+  next step (the backend sets the optimizers' learning rates and betas after restoring their state)
+  and recorded in the checkpoint's `config_history` and in `<out_dir>/config_history.jsonl`. PBT
+  relies on this: it continues a better trial's checkpoint with perturbed settings;
 - every other field defines what the checkpoint holds (family, widths, latent and embedding sizes,
-  image size, dataset, labelled subset, seeds, loss, batch sizes, backend...): a change is refused
-  with the list of differences, before anything is written into the run directory.
+  image size, dataset, labelled subset, validation split, seeds, batch sizes, backend...): a change
+  is refused with the list of differences, before anything is written into the run directory.
 
 A checkpoint that fails verification or loading is reported in one line and the next older one is
 tried; the run fails only when none loads.
@@ -31,6 +32,7 @@ MUTABLE = (
     "train.checkpoint_every", "train.keep_checkpoints", "train.max_nonfinite_in_row", "train.fault_step",
     "train.deterministic", "train.resume",
     "optim.lr", "optim.lr_d", "optim.lr_g", "optim.beta1", "optim.beta2", "optim.grad_clip",
+    "loss.",
     "data.shards", "data.num_workers", "data.verify_checksums",
     "eval.",
     "cluster.num_workers", "cluster.use_gpu", "cluster.cpus_per_worker", "cluster.gpus_per_worker",
@@ -67,7 +69,8 @@ def check_changes(changes: dict[str, list], path: Path) -> None:
     if refused:
         raise ConfigError(f"cannot continue {path} with a different {'; '.join(refused)}: these fields define what "
                           "the checkpoint holds, so keep their saved values or choose a new train.out_dir (a resume "
-                          "may change only steps, optim.*, logging, checkpointing, eval.* and where files live)")
+                          "may change only steps, optim.*, loss.*, logging, checkpointing, eval.* and where files "
+                          "live)")
 
 
 def check_meta(path: Path, saved: dict, meta: dict) -> None:
