@@ -43,6 +43,8 @@ class CheckpointError(ValueError):
 
 PREFIX = "step_"
 MANIFEST = "manifest.json"
+RAY_METADATA = ".metadata.json"
+"""Ray's Checkpoint.set_metadata may add this JSON file to a stored copy; nothing loads it as code."""
 
 
 def checkpoint_dir(out_dir: str | Path) -> Path:
@@ -100,7 +102,8 @@ def _sha256(path: Path) -> str:
 
 
 def _files(directory: Path) -> list[str]:
-    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return sorted(rel for p in directory.rglob("*")
+                  if p.is_file() and (rel := str(p.relative_to(directory))) not in (MANIFEST, RAY_METADATA))
 
 
 def write_manifest(directory: Path) -> None:
