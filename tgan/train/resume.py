@@ -95,10 +95,11 @@ def candidates(cfg: Config, resume_from: str | Path | None) -> tuple[list[Path],
         return [], False
     if choice == "auto":
         return newest_first, True
-    if not Path(choice).is_dir():
-        raise ConfigError(f"train.resume={choice!r} is not a checkpoint directory: expected auto, never or "
-                          "the path of a checkpoints/step_N directory")
-    return [Path(choice)], False
+    named = Path(choice)
+    if not ((named / ckpt.MANIFEST).is_file() or (named / "state.pt").is_file()):
+        raise ConfigError(f"train.resume={choice!r} is not a checkpoint directory (no {ckpt.MANIFEST} in it): "
+                          "expected auto, never or the path of a checkpoints/step_N directory")
+    return [named], False
 
 
 @dataclass
