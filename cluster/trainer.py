@@ -52,8 +52,9 @@ class RunResult:
 
 def absolute_paths(cfg: Config) -> Config:
     """Workers do not share the driver's working directory: make relative paths absolute here."""
-    paths = {"data.shards": str(Path(cfg.data.shards).resolve()),
-             "train.out_dir": str(Path(cfg.train.out_dir).resolve())}
+    paths = {"train.out_dir": str(Path(cfg.train.out_dir).resolve())}
+    if "://" not in cfg.data.shards:  # a URL is the same from every node
+        paths["data.shards"] = str(Path(cfg.data.shards).resolve())
     if cfg.train.resume not in ("auto", "never"):
         paths["train.resume"] = str(Path(cfg.train.resume).resolve())
     return apply_overrides(cfg, paths)

@@ -2,6 +2,7 @@
 
     python launch/prepare_data.py --dataset fashion-mnist --root /usr/share/datasets/fashion-mnist --out data/fashion-mnist
     python launch/prepare_data.py --dataset digits --out data/digits        # offline, no files needed
+    python launch/prepare_data.py --dataset digits --out s3://bucket/digits # written locally, then uploaded
 
 Rerunning is safe: complete shards (checked by sha256) are kept, the rest rewritten. See docs/DATA.md.
 """
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", help="directory holding the dataset's files (not needed for digits)")
-    p.add_argument("--out", required=True, help="output directory for the shards and index.json")
+    p.add_argument("--out", required=True, help="output directory or URL prefix (s3://, gs://) for the shards and index.json")
     p.add_argument("--download", action="store_true", help="let torchvision download missing files")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="samples per shard")
     p.add_argument("--image-size", type=int, help=f"side in pixels (defaults: {DEFAULT_SIZE})")

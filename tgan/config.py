@@ -58,7 +58,9 @@ class DataConfig:
     """Where the shards are and how each rank reads them."""
 
     shards: str = "data/digits"
-    """Directory holding `index.json` and the `train-*.tar` / `test-*.tar` shards (from prepare_data)."""
+    """Directory or URL prefix (s3://, gs://, http(s)://) holding `index.json` and the `train-*.tar` /
+    `test-*.tar` shards (from prepare_data); URLs take credentials and endpoint from the environment
+    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for s3://)."""
     dataset: str = "digits"
     """Dataset name that `launch/prepare_data.py` uses when the shards are missing and can be made."""
     image_size: int = 32
@@ -91,7 +93,7 @@ class DataConfig:
     resampled: bool = False
     """Draw shards with replacement, for clusters with fewer shards than ranks x loader workers."""
     verify_checksums: bool = True
-    """Check every shard's sha256 against the index before training starts."""
+    """Check each shard's sha256 against the index when it is read, before any of its samples is used."""
 
     def __post_init__(self) -> None:
         _check(self.shards.strip() != "", "data.shards", self.shards,

@@ -5,6 +5,7 @@ import importlib.util
 import io
 import json
 import logging
+import re
 import tarfile
 from pathlib import Path
 
@@ -152,13 +153,35 @@ def test_an_index_with_an_unknown_encoding_is_refused_naming_it(shards):
         load_index(shards)
 
 
-def test_flipped_byte_fails_the_sha256_check_naming_the_shard(shards):
+def _first_error(streams, limit=40):
+    """Read batches until a DataError; returns (images read before it, the error)."""
+    seen = []
+    for _ in range(limit):
+        try:
+            x, _ = next(streams.unlabelled)
+        except DataError as e:
+            return torch.cat(seen) if seen else torch.empty(0), e
+        seen.append(x)
+    raise AssertionError(f"no DataError within {limit} batches")
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_flipped_byte_refuses_the_shard_when_read_before_any_of_its_samples_is_used(shards, num_workers):
     path = shards / "train-000002.tar"
     data = bytearray(path.read_bytes())
     data[1500] ^= 0x01
     path.write_bytes(bytes(data))
+    # Start-up reads no shard of the unlabelled stream: the reader checks each when it fetches it.
+    streams = build_streams(_cfg(shards, num_workers=num_workers, shuffle_buffer=1), rank=0, world_size=1, seed=0)
+    seen, error = _first_error(streams)
+    assert re.fullmatch(r"shard \S*train-000002.tar is damaged: sha256 \w+ does not match \w+ in its index.json; "
+                        r"rerun launch/prepare_data.py to rewrite it", str(error)), str(error)  # one line, also from a worker
+    _, images, _ = random_source()
+    damaged = torch.from_numpy(images["train"][32:48]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    assert not any(torch.equal(x, d) for x in seen for d in damaged)  # none of its samples was used
+    # With a labelled subset, the start-up scan (split over the ranks) reads every shard and refuses it.
     with pytest.raises(DataError, match=r"train-000002.tar is damaged: sha256"):
-        build_streams(_cfg(shards), rank=0, world_size=1, seed=0)
+        build_streams(_cfg(shards, labelled_batch_size=2, labels_per_class=2), rank=0, world_size=1, seed=0)
 
 
 def _rewrite_shard(shards: Path, name: str, samples: list[dict]) -> None:
@@ -173,18 +196,18 @@ def _rewrite_shard(shards: Path, name: str, samples: list[dict]) -> None:
     (shards / "index.json").write_text(json.dumps(d))
 
 
-def test_wrong_size_or_channel_image_fails_before_training(shards):
+def test_wrong_size_or_channel_image_is_refused_when_its_shard_is_read(shards):
     rng = np.random.default_rng(1)
     ok = [encode_sample(f"train_{i:06d}", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), 0)
           for i in range(16, 31)]
     _rewrite_shard(shards, "train-000001.tar",
                    ok + [encode_sample("train_000031", np.zeros((9, 9, 3), np.uint8), 0)])
-    with pytest.raises(DataError, match=r"train-000001.tar, sample train_000031: image is 9x9 with 3 .*8x8 with 3"):
-        build_streams(_cfg(shards), rank=0, world_size=1, seed=0)
+    _, error = _first_error(build_streams(_cfg(shards), rank=0, world_size=1, seed=0))
+    assert re.search(r"train-000001.tar, sample train_000031: image is 9x9 with 3 .*8x8 with 3", str(error))
     _rewrite_shard(shards, "train-000001.tar",
                    ok + [encode_sample("train_000031", np.zeros((8, 8, 1), np.uint8), 0)])
     with pytest.raises(DataError, match=r"sample train_000031: image is 8x8 with 1 channel"):
-        build_streams(_cfg(shards), rank=0, world_size=1, seed=0)
+        build_streams(_cfg(shards, labelled_batch_size=2, labels_per_class=2), rank=0, world_size=1, seed=0)
 
 
 def test_config_image_size_must_match_the_index(shards):

@@ -6,15 +6,18 @@ so they are unique and stable across reruns.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from tgan.data import storage
 from tgan.data.index import DataError
 
 
@@ -128,31 +131,79 @@ def tar_members(buf: bytes) -> Iterator[tuple[str, bytes]]:
         raise TarError(f"truncated: {len(buf) - pos} stray bytes at the end")
 
 
-def read_shard(path: Path, expected: int, on_missing: Callable[[Path, int, str], None]) -> Iterator[dict]:
-    """Yield the raw samples (`{"__key__", "__url__": path, "png": bytes, ...}`) of one tar shard, in order.
+def read_shard(url: str | Path, expected: int, on_missing: Callable[[str, int, str], None], *,
+               sha256: str | None = None) -> Iterator[dict]:
+    """Yield the raw samples (`{"__key__", "__url__": url, "png": bytes, ...}`) of one tar shard, in order.
 
-    A truncated or corrupt tar ends the shard early; the samples the index promised but that could not
-    be read are reported once per shard through `on_missing(path, n_missing, reason)` instead of
-    vanishing. An incomplete sample at the break is dropped (and counted among the missing).
+    The shard is fetched whole (one GET for an object store; shards are a few MB), so with `sha256`
+    (data.verify_checksums) its digest is checked on the bytes in memory, at no extra read, and a
+    shard that cannot be read or does not match is refused with a DataError naming it before any of
+    its samples is yielded. Without `sha256`, an unreadable shard, a truncated or corrupt tar ends
+    the shard early: the samples the index promised but that could not be read are reported once
+    per shard through `on_missing(url, n_missing, reason)` instead of vanishing. An incomplete
+    sample at the break is dropped (and counted among the missing).
     """
+    try:
+        buf = storage.read_bytes(url)
+    except OSError as e:
+        if sha256 is not None:
+            raise DataError(f"shard {url} cannot be read ({e}); check the URL and the storage credentials, "
+                            "or rerun launch/prepare_data.py") from e
+        on_missing(str(url), expected, f"{type(e).__name__}: {e}")
+        return
+    if sha256 is not None and (digest := hashlib.sha256(buf).hexdigest()) != sha256:
+        raise DataError(f"shard {url} is damaged: sha256 {digest} does not match {sha256} in its index.json; "
+                        "rerun launch/prepare_data.py to rewrite it")
     yielded = 0
     reason = ""
     current: dict | None = None
     try:
-        for name, data in tar_members(path.read_bytes()):
+        for name, data in tar_members(buf):
             key, _, ext = name.rpartition("/")[2].partition(".")
             if current is not None and current["__key__"] != key:
                 yielded += 1
                 yield current
                 current = None
             if current is None:
-                current = {"__key__": key, "__url__": path}
+                current = {"__key__": key, "__url__": str(url)}
             current[ext] = data
-    except (TarError, OSError, ValueError) as e:
+    except (TarError, ValueError) as e:
         reason = f"{type(e).__name__}: {e}"
         current = None
     if current is not None:
         yielded += 1
         yield current
     if yielded < expected:
-        on_missing(path, expected - yielded, reason or "fewer samples than the index lists")
+        on_missing(str(url), expected - yielded, reason or "fewer samples than the index lists")
+
+
+@dataclass(frozen=True)
+class ShardCheck:
+    """What every sample of a shard must satisfy before any sample of that shard is used.
+
+    These checks once ran on every shard, on every rank, before step 1; now each shard is checked
+    by whoever reads it, when it reads it (the shard is in memory then anyway).
+    """
+
+    image_size: int
+    channels: int
+    num_classes: int
+    """0: the samples carry no class."""
+
+    def samples(self, url: str | Path, expected: int, on_missing: Callable[[str, int, str], None], *,
+                sha256: str | None = None) -> list[dict]:
+        """The samples of the shard at `url` (see read_shard), after checking every image header and
+        class: a wrong-size image or an out-of-range class raises DataError naming shard and sample."""
+        samples = list(read_shard(url, expected, on_missing, sha256=sha256))
+        for sample in samples:
+            where = f"shard {url}, sample {sample['__key__']}"
+            if "png" not in sample:
+                raise DataError(f"{where}: no .png member")
+            check_image(sample["png"], size=self.image_size, channels=self.channels, where=where)
+            try:
+                cls = decode_label(sample)
+            except ValueError as e:
+                raise DataError(f"{where}: {e}; rerun launch/prepare_data.py") from e
+            if self.num_classes and not 0 <= cls < self.num_classes:
+                raise DataError(f"{where}: class {cls} outside 0..{self.num_classes - 1}")
+        return samples

@@ -1,8 +1,9 @@
-"""The shard index (`index.json`): what a shard directory holds, and the checks made before training.
+"""The shard index (`index.json`): what a shard directory (or URL prefix) holds.
 
 `launch/prepare_data.py` writes the index next to the `train-*.tar` / `test-*.tar` shards. Readers
 trust nothing else: the shard list, sample counts and sha256 checksums all come from here, so a
-missing, truncated or modified shard is caught with a message naming the file.
+missing, truncated or modified shard is caught with a message naming the file or URL (missing ones
+before training, by one listing; damaged ones when read, before any of their samples is used).
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from tgan.data import storage
 
 INDEX_NAME = "index.json"
 FORMAT_VERSION = 1
@@ -54,17 +57,18 @@ class DatasetIndex:
     notes: dict = field(default_factory=dict)
     """Conversion choices worth knowing later (e.g. whether SVHN `extra` is included)."""
     format: int = FORMAT_VERSION
-    root: Path | None = None
-    """Directory the index was loaded from (not serialised)."""
+    root: str | None = None
+    """Directory or URL prefix the index was loaded from (not serialised)."""
 
     def split(self, name: str) -> SplitIndex:
         if name not in self.splits:
             raise DataError(f"{self.location()}: no split {name!r} (has {', '.join(sorted(self.splits))})")
         return self.splits[name]
 
-    def shard_path(self, shard: ShardInfo) -> Path:
+    def shard_path(self, shard: ShardInfo) -> str:
+        """The shard's path or URL."""
         assert self.root is not None, "shard_path needs an index loaded from a directory"
-        return self.root / shard.name
+        return storage.join(self.root, shard.name)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -72,15 +76,16 @@ class DatasetIndex:
         return d
 
     def location(self) -> str:
-        return str(self.root / INDEX_NAME) if self.root is not None else "index"
+        return storage.join(self.root, INDEX_NAME) if self.root is not None else "index"
 
 
 def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def index_from_dict(d: dict, root: Path | None = None) -> DatasetIndex:
-    where = str(root / INDEX_NAME) if root is not None else "index"
+def index_from_dict(d: dict, root: str | Path | None = None) -> DatasetIndex:
+    root = None if root is None else str(root)
+    where = storage.join(root, INDEX_NAME) if root is not None else "index"
     if not isinstance(d, dict) or not isinstance(d.get("splits"), dict):
         found = type(d.get("splits") if isinstance(d, dict) else d).__name__
         raise DataError(f"{where} is malformed: 'splits' must map split names (train, test) to their shards, "
@@ -112,17 +117,19 @@ def index_from_dict(d: dict, root: Path | None = None) -> DatasetIndex:
 
 
 def load_index(shards_dir: str | Path) -> DatasetIndex:
-    """Read `<shards_dir>/index.json`; a missing directory or index says how to make one."""
-    root = Path(shards_dir)
-    path = root / INDEX_NAME
-    if not path.is_file():
-        raise DataError(f"{path} not found: make the shards with `python launch/prepare_data.py --dataset NAME "
-                        f"--root DATA_ROOT --out {root}` (data.shards must point at that --out directory)")
+    """Read `<shards_dir>/index.json` (a directory or URL prefix); a missing index says how to make one."""
+    path = storage.join(shards_dir, INDEX_NAME)
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(storage.read_bytes(path))
+    except FileNotFoundError as e:
+        raise DataError(f"{path} not found: make the shards with `python launch/prepare_data.py --dataset NAME "
+                        f"--root DATA_ROOT --out {shards_dir}` (data.shards must point at that --out)") from e
+    except OSError as e:
+        raise DataError(f"{path} cannot be read ({e}); check the URL and the storage credentials "
+                        "(AWS_* environment variables for s3://)") from e
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is not valid JSON ({e}); rerun launch/prepare_data.py") from e
-    return index_from_dict(d, root)
+    return index_from_dict(d, shards_dir)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -140,15 +147,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_shard_files(index: DatasetIndex, split: str, *, verify_checksums: bool) -> None:
-    """Every shard of `split` exists, and (optionally) its sha256 matches the index."""
-    for shard in index.split(split).shards:
-        path = index.shard_path(shard)
-        if not path.is_file():
-            raise DataError(f"shard {path} listed in {index.location()} is missing: rerun launch/prepare_data.py "
-                            "(it rewrites only missing or damaged shards)")
-        if verify_checksums:
-            digest = sha256_file(path)
-            if digest != shard.sha256:
-                raise DataError(f"shard {path} is damaged: sha256 {digest} does not match {shard.sha256} in "
-                                f"{index.location()}; rerun launch/prepare_data.py to rewrite it")
+def check_shards_present(index: DatasetIndex, split: str) -> None:
+    """Every shard of `split` exists: one listing of the directory, not a read of every shard.
+    Their contents are checked when they are read (see codec.read_shard's `sha256`)."""
+    names = [shard.name for shard in index.split(split).shards]
+    try:
+        gone = storage.missing(index.root, names)
+    except OSError as e:
+        raise DataError(f"{index.root} cannot be listed ({e}); check the URL and the storage credentials") from e
+    if gone:
+        raise DataError(f"shard {storage.join(index.root, gone[0])} listed in {index.location()} is missing"
+                        f"{f' (and {len(gone) - 1} more)' if len(gone) > 1 else ''}: rerun launch/prepare_data.py "
+                        "(it rewrites only missing or damaged shards)")

@@ -123,6 +123,16 @@ class Selection:
             if selector is not None and cls >= 0:
                 selector.offer(key, cls, payload)
 
+    def candidates(self) -> list[tuple[str, int, object]]:
+        """(key, cls, payload) of every sample some subset still keeps: offering the candidates of
+        several Selections (each over part of the split) to a fresh one gives the Selection of the
+        whole split, since each subset is the smallest hashes of its class."""
+        kept = {}
+        for selector in (self._validation, self._labelled, self._gallery):
+            if selector is not None:
+                kept.update({key: (key, cls, p) for key, cls, p in selector.selected()})
+        return sorted(kept.values(), key=lambda t: t[0])
+
     def validation(self) -> list[tuple[str, int, object]]:
         """(key, cls, payload) of the held-out examples, sorted by key."""
         return self._validation.selected()

@@ -5,17 +5,23 @@ recorded (name, count, sha256) in `index.json.partial`. A rerun with the same se
 shard whose file still has the recorded sha256 and rewrites the others; the final `index.json` is
 written last, so its presence means the directory is complete. Shards are byte-reproducible (fixed
 tar metadata, deterministic PNG), so a rewritten shard has the same checksum as before.
+
+`out` may also be a URL prefix (s3://, gs://, see storage.py): the shards are written into a local
+temporary directory as above, then uploaded, the old index.json withdrawn first and the new one
+uploaded last, so readers never trust a half-uploaded set.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import webdataset as wds
 
+from tgan.data import storage
 from tgan.data.codec import encode_sample, sample_key
 from tgan.data.index import (FORMAT_VERSION, INDEX_NAME, DataError, DatasetIndex, ShardInfo, index_from_dict,
                              sha256_file, write_json_atomic)
@@ -65,14 +71,29 @@ def _write_shard(path: Path, source_split, split: str, start: int, stop: int, nu
 
 def write_shards(source: Source, out: str | Path, *, shard_size: int = DEFAULT_SHARD_SIZE,
                  progress: bool = True) -> DatasetIndex:
-    """Write `<out>/{train,test}-NNNNNN.tar` and `<out>/index.json`; returns the index."""
+    """Write `<out>/{train,test}-NNNNNN.tar` and `<out>/index.json` (a directory or URL); returns the index."""
     if shard_size < 1:
         raise DataError(f"--shard-size {shard_size} is invalid: expected an integer >= 1")
     if not str(out).strip():  # Path("") is the current directory
         raise DataError("--out is empty: give the directory to write the shards and index.json into")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is a file: give a directory for the shards and index.json")
+    if not storage.is_url(out):
+        if Path(out).exists() and not Path(out).is_dir():
+            raise DataError(f"--out {out} is a file: give a directory for the shards and index.json")
+        return _write_directory(source, Path(out), shard_size=shard_size, progress=progress)
+    with tempfile.TemporaryDirectory(prefix="tgan-shards-") as tmp:
+        index = _write_directory(source, Path(tmp), shard_size=shard_size, progress=progress)
+        names = [shard.name for split in index.splits.values() for shard in split.shards]
+        try:
+            storage.remove(storage.join(out, INDEX_NAME))
+            storage.upload_tree(Path(tmp), str(out), names + [INDEX_NAME])
+        except OSError as e:
+            raise DataError(f"--out {out}: upload failed ({e}); check the URL and the storage credentials "
+                            "(AWS_* environment variables for s3://)") from e
+    log.info("%s: %d shard(s) uploaded", out, len(names))
+    return index_from_dict(index.to_dict(), out)
+
+
+def _write_directory(source: Source, out: Path, *, shard_size: int, progress: bool) -> DatasetIndex:
     out.mkdir(parents=True, exist_ok=True)
     num_classes = len(source.class_names)
     header = {"format": FORMAT_VERSION, "dataset": source.dataset, "image_size": source.image_size,

@@ -1,32 +1,42 @@
 """What the training loop reads: `build_streams(data_cfg, rank=, world_size=, seed=) -> Streams`.
 
-Before any training, `build_streams` checks the whole training split once (on every rank): the
-index matches `data.image_size`, every shard exists and (with `data.verify_checksums`) has its
-sha256, every image header has the index's size and channels, there are enough shards for every
-reader. The same pass picks the labelled subset (see labelled.py) and keeps its images.
+`data.shards` is a directory or a URL prefix (s3://, gs://, http(s)://; see storage.py).
+
+Start-up reads as little as it can, so that it does not grow with the cluster: every rank reads
+the index, checks it against `data.image_size` and the reader count, and lists the shard directory
+once (a missing shard fails here, naming it). No rank reads the unlabelled stream's shards before
+step 1: each reader checks a shard when it fetches it (reader.py). The subsets chosen by hash (labelled,
+validation, gallery; labelled.py) are what needs every training shard before step 1: the ranks of
+the process group split that scan (rank r reads shards r, r + W, ...), each checks what it reads
+like a reader does and keeps its best candidates per class, and one all_gather merges them into
+the same subsets on every rank (each is a per-class "smallest hashes" rule, so merging the ranks'
+bests gives what one pass over everything gives). A bad shard found by any rank fails every rank
+with its message. Without any of those subsets (no labels, no validation split) no shard is read.
 
 The labelled subset is small (a fraction or a few per class), so it lives in memory as uint8 and is
 resampled from there: pass p over it follows a permutation seeded by (seed, rank, p), batches run
 across passes without end, and the position is just a batch count. That gives every step
 `labelled_batch_size` labelled rows however small the fraction, and an exact resume for free.
 
-The validation split (and the live-validation gallery) are picked in the same pass; the validation
+The validation split (and the live-validation gallery) are picked in the same scan; the validation
 images are kept in memory (`Streams.validation`) and skipped by the unlabelled stream.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
 import torch
+import torch.distributed as torch_dist
 from torch.utils.data import DataLoader
 
 from tgan.config import DataConfig
 from tgan.data.augment import augment
-from tgan.data.codec import check_image, decode_image, decode_label, read_shard, to_float
-from tgan.data.index import DataError, DatasetIndex, check_shard_files, load_index
+from tgan import dist
+from tgan.data.codec import ShardCheck, check_image, decode_image, decode_label, read_shard, to_float
+from tgan.data.index import DataError, DatasetIndex, check_shards_present, load_index
 from tgan.data.labelled import Selection, make_selection
 from tgan.data.reader import ShardStream
 from tgan.dist import rank_seed
@@ -80,7 +90,10 @@ class UnlabelledStream:
             loader = DataLoader(self.make_dataset(start_batch=self.position), batch_size=None,
                                 num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
             self._it = iter(loader)
-        x, y, delta = next(self._it)
+        item = next(self._it)
+        if isinstance(item, DataError):  # a shard refused inside a loader worker (see reader.py)
+            raise item
+        x, y, delta = item
         self.position += 1
         self.corrupt += int(delta)
         return x, y
@@ -158,40 +171,55 @@ def _check_layout(cfg: DataConfig, index: DatasetIndex, world_size: int) -> None
                         "data.resampled=true to draw shards with replacement")
 
 
-def _scan_train(index: DatasetIndex, selector: Selection) -> None:
-    """Check every training image header against the index and offer every sample to the selector."""
-    def missing(path: Path, n: int, reason: str) -> None:
-        # Only reachable with data.verify_checksums=false (otherwise the sha256 check failed first).
-        log.warning("shard %s: %d sample(s) unreadable (%s); they are not candidates for the labelled subset",
-                    path, n, reason)
+def _scan_train(index: DatasetIndex, make: Callable[[], Selection], verify_checksums: bool) -> Selection:
+    """Offer every training sample to a Selection from `make`, the scan split over the process group's
+    ranks (see the module docstring); returns the merged Selection, the same on every rank."""
+    check = ShardCheck(image_size=index.image_size, channels=index.channels, num_classes=index.num_classes)
 
-    for i, shard in enumerate(index.split("train").shards):
-        path = index.shard_path(shard)
-        for sample in read_shard(path, shard.count, missing):
-            where = f"shard {path}, sample {sample['__key__']}"
-            if "png" not in sample:
-                raise DataError(f"{where}: no .png member")
-            check_image(sample["png"], size=index.image_size, channels=index.channels, where=where)
-            try:
-                cls = decode_label(sample)
-            except ValueError as e:
-                raise DataError(f"{where}: {e}; rerun launch/prepare_data.py") from e
-            if index.num_classes and not 0 <= cls < index.num_classes:
-                raise DataError(f"{where}: class {cls} outside 0..{index.num_classes - 1}")
-            selector.offer(sample["__key__"], cls, (i, sample["png"]))
+    def missing(url: str, n: int, reason: str) -> None:
+        # Only reachable with data.verify_checksums=false (otherwise the shard was refused).
+        log.warning("shard %s: %d sample(s) unreadable (%s); they are not candidates for the labelled subset",
+                    url, n, reason)
+
+    shards = index.split("train").shards
+    mine = make()
+    found: DataError | None = None
+    try:
+        for i in range(dist.rank(), len(shards), dist.world_size()):
+            sha256 = shards[i].sha256 if verify_checksums else None
+            for sample in check.samples(index.shard_path(shards[i]), shards[i].count, missing, sha256=sha256):
+                mine.offer(sample["__key__"], decode_label(sample), (i, sample["png"]))
+    except DataError as e:  # every rank must reach the gather below, or the others wait forever
+        found = e
+    if dist.world_size() == 1:
+        if found is not None:
+            raise found
+        return mine
+    parts: list = [None] * dist.world_size()
+    torch_dist.all_gather_object(parts, found if found is not None else mine.candidates())
+    errors = [p for p in parts if isinstance(p, DataError)]
+    if errors:
+        raise errors[0]
+    merged = make()
+    for part in parts:
+        for key, cls, payload in part:
+            merged.offer(key, cls, payload)
+    return merged
 
 
 def build_streams(cfg: DataConfig, *, rank: int, world_size: int, seed: int, gallery_size: int = 0) -> Streams:
     """The training streams of this rank, plus the validation split and (gallery_size > 0) a gallery."""
     index = load_index(cfg.shards)
     _check_layout(cfg, index, world_size)
-    check_shard_files(index, "train", verify_checksums=cfg.verify_checksums)
+    check_shards_present(index, "train")
     want_labels = cfg.has_labels and cfg.labelled_batch_size > 0
-    selection = make_selection(index, validation_size=cfg.validation_size, validation_seed=cfg.validation_seed,
-                               fraction=cfg.labelled_fraction if want_labels else None,
-                               per_class=cfg.labels_per_class if want_labels else None, label_seed=cfg.label_seed,
-                               gallery_size=gallery_size, gallery_seed=cfg.validation_seed)
-    _scan_train(index, selection)
+    make = partial(make_selection, index, validation_size=cfg.validation_size, validation_seed=cfg.validation_seed,
+                   fraction=cfg.labelled_fraction if want_labels else None,
+                   per_class=cfg.labels_per_class if want_labels else None, label_seed=cfg.label_seed,
+                   gallery_size=gallery_size, gallery_seed=cfg.validation_seed)
+    selection = make()
+    if want_labels or cfg.validation_size or (gallery_size and index.num_classes):
+        selection = _scan_train(index, make, cfg.verify_checksums)
 
     labelled = None
     if want_labels:
@@ -220,12 +248,14 @@ def build_streams(cfg: DataConfig, *, rank: int, world_size: int, seed: int, gal
                    exclude={i: frozenset(keys) for i, keys in exclude.items()},
                    image_size=index.image_size, channels=index.channels, batch_size=cfg.batch_size, seed=seed,
                    rank=rank, world_size=world_size, num_workers=cfg.num_workers,
-                   shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, resampled=cfg.resampled)
+                   shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, resampled=cfg.resampled,
+                   checksums=[s.sha256 for s in shards] if cfg.verify_checksums else None,
+                   num_classes=index.num_classes)
     layout = {"world_size": world_size, "num_workers": cfg.num_workers, "batch_size": cfg.batch_size,
               "labelled_batch_size": cfg.labelled_batch_size, "seed": seed, "shards": cfg.shards}
     if cfg.validation_size:  # a different held-out set changes which samples the stream yields
         layout.update(validation_size=cfg.validation_size, validation_seed=cfg.validation_seed)
-    return Streams(index, UnlabelledStream(make, num_workers=cfg.num_workers), labelled, layout, validation, gallery)
+    return Streams(index, UnlabelledStream(stream, num_workers=cfg.num_workers), labelled, layout, validation, gallery)
 
 
 def iter_split(shards_dir: str | Path, split: str, *, batch_size: int = 1000, limit: int = 0,
@@ -236,14 +266,15 @@ def iter_split(shards_dir: str | Path, split: str, *, batch_size: int = 1000, li
     or wrong-size sample raises DataError naming the shard. `limit` > 0 stops after that many samples.
     """
     index = load_index(shards_dir)
-    check_shard_files(index, split, verify_checksums=verify_checksums)
+    check_shards_present(index, split)
 
-    def missing(path: Path, n: int, reason: str) -> None:
-        raise DataError(f"shard {path}: {n} sample(s) unreadable ({reason}); rerun launch/prepare_data.py")
+    def missing(url: str, n: int, reason: str) -> None:
+        raise DataError(f"shard {url}: {n} sample(s) unreadable ({reason}); rerun launch/prepare_data.py")
 
     xs, ys, total = [], [], 0
     for shard in index.split(split).shards:
-        for sample in read_shard(index.shard_path(shard), shard.count, missing):
+        sha256 = shard.sha256 if verify_checksums else None
+        for sample in read_shard(index.shard_path(shard), shard.count, missing, sha256=sha256):
             where = f"shard {index.shard_path(shard)}, sample {sample['__key__']}"
             check_image(sample.get("png", b""), size=index.image_size, channels=index.channels, where=where)
             try:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tgan import dist
 from tgan.config import DataConfig
+from tgan.data import storage
 from tgan.data.index import INDEX_NAME, DataError
 from tgan.data.prepare import write_shards
 from tgan.data.sources import make_source
@@ -17,12 +18,13 @@ from tgan.data.sources import make_source
 DIGITS_SHARD_SIZE = 200
 
 
-def ensure_shards(data_cfg: DataConfig) -> Path:
-    shards = Path(data_cfg.shards)
-    if shards.exists() and not shards.is_dir():
+def ensure_shards(data_cfg: DataConfig) -> str:
+    """data.shards (a directory or URL prefix) once it holds an index.json."""
+    shards = data_cfg.shards
+    if not storage.is_url(shards) and Path(shards).exists() and not Path(shards).is_dir():
         raise DataError(f"data.shards={str(shards)!r} is a file: give the directory that launch/prepare_data.py "
                         "wrote (it holds index.json)")
-    if not (shards / INDEX_NAME).is_file():
+    if not storage.exists(storage.join(shards, INDEX_NAME)):
         if data_cfg.dataset != "digits":
             raise FileNotFoundError(
                 f"data.shards={str(shards)!r} has no {INDEX_NAME}; make the shards first with: python "
