@@ -320,8 +320,13 @@ def test_tar_reader_agrees_with_tarfile_on_archives_from_other_writers(tmp_path,
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     with tarfile.open(path) as tar:
-        expected = [(m.name, tar.extractfile(m).read()) for m in tar if m.isreg()]
+        members = [m for m in tar if m.isreg()]
+        expected = [(m.name, tar.extractfile(m).read()) for m in members]
     assert list(tar_members(path.read_bytes())) == expected
+    # Cut right after a member: every member is whole, but the archive is not (no end-of-archive marker).
+    end = members[-1].offset_data + (members[-1].size + 511) // 512 * 512
+    with pytest.raises(ValueError, match="truncated: no end-of-archive marker"):
+        list(tar_members(path.read_bytes()[:end]))
     broken = bytearray(path.read_bytes())
     broken[512 + 10] ^= 0xFF  # inside the second header (train_000000.png): its checksum no longer matches
     with pytest.raises(ValueError, match="bad tar header checksum"):

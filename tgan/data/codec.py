@@ -127,8 +127,8 @@ def tar_members(buf: bytes) -> Iterator[tuple[str, bytes]]:
                 name = header[345:500].split(b"\0")[0].decode() + "/" + name
             yield long_name or name, data
             long_name = None
-    if pos < len(buf):
-        raise TarError(f"truncated: {len(buf) - pos} stray bytes at the end")
+    # A complete archive ends with the marker above; without it, it was cut (maybe at a member boundary).
+    raise TarError(f"truncated: no end-of-archive marker after byte {pos}")
 
 
 def read_shard(url: str | Path, expected: int, on_missing: Callable[[str, int, str], None], *,
