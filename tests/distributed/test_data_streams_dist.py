@@ -1,8 +1,9 @@
 """Two spawned gloo ranks, two loader workers each, reading the same shards through build_streams.
 
 Pins what a real multi-rank run relies on: ranks read disjoint samples, every step every rank has a
-batch (a per-step all_reduce never hangs, across several epochs), together they see every sample,
-and the labelled subset is the same on both ranks without any communication to agree on it.
+batch (a per-step all_reduce never hangs, across several epochs), together they see every sample
+but the held-out ones, and the subsets chosen by hash (labelled, validation) are the same on both
+ranks and equal to one process's, although each rank scanned only half of the shards for them.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tgan.data.sources import array_source
 from tgan.data.streams import build_streams
 from spawned import leave
 
-N_TRAIN, BATCH, STEPS = 203, 5, 60
+N_TRAIN, BATCH, STEPS, VALIDATION = 203, 5, 60, 6
 
 
 def _ids(x: torch.Tensor) -> torch.Tensor:
@@ -30,10 +31,10 @@ def _worker(rank: int, world: int, init_file: str, shards: str, out: str) -> Non
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         cfg = DataConfig(shards=shards, image_size=8, batch_size=BATCH, labelled_batch_size=4,
-                         labelled_fraction=0.1, num_workers=2, shuffle_buffer=16)
+                         labelled_fraction=0.1, num_workers=2, shuffle_buffer=16, validation_size=VALIDATION)
         streams = build_streams(cfg, rank=tdist.rank(), world_size=tdist.world_size(), seed=5)
         keys = [None] * world
-        dist.all_gather_object(keys, streams.labelled.keys)
+        dist.all_gather_object(keys, (streams.labelled.keys, streams.validation.keys))
         seen = []
         for _ in range(STEPS):
             x, _ = next(streams.unlabelled)
@@ -65,5 +66,11 @@ def test_two_gloo_ranks_read_disjoint_samples_in_lockstep_and_agree_on_the_label
     first = seen[:8].flatten().tolist()
     assert len(set(first)) == len(first)
     assert set(seen[:8, 0].flatten().tolist()).isdisjoint(seen[:8, 1].flatten().tolist())
-    assert set(seen.flatten().tolist()) == set(range(N_TRAIN))  # every reader went through a whole epoch
-    assert result["keys"][0] == result["keys"][1] and len(result["keys"][0]) > 0
+    one = build_streams(DataConfig(shards=str(tmp_path / "shards"), image_size=8, batch_size=BATCH,
+                                   labelled_batch_size=4, labelled_fraction=0.1, validation_size=VALIDATION),
+                        rank=0, world_size=1, seed=5)  # no process group: one process scans every shard
+    assert result["keys"][0] == result["keys"][1] == (one.labelled.keys, one.validation.keys)
+    held_out = {int(k.split("_")[1]) for k in one.validation.keys}
+    assert len(one.labelled.keys) > 0 and len(held_out) >= VALIDATION  # per class, rounded up
+    # every reader went through a whole epoch
+    assert set(seen.flatten().tolist()) == set(range(N_TRAIN)) - held_out

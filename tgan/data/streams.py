@@ -244,13 +244,13 @@ def build_streams(cfg: DataConfig, *, rank: int, world_size: int, seed: int, gal
     exclude: dict[int, set[str]] = {}  # the unlabelled stream skips the held-out keys
     for key, _, (i, _) in selection.validation():
         exclude.setdefault(i, set()).add(key)
-    make = partial(ShardStream, [index.shard_path(s) for s in shards], [s.count for s in shards],
-                   exclude={i: frozenset(keys) for i, keys in exclude.items()},
-                   image_size=index.image_size, channels=index.channels, batch_size=cfg.batch_size, seed=seed,
-                   rank=rank, world_size=world_size, num_workers=cfg.num_workers,
-                   shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, resampled=cfg.resampled,
-                   checksums=[s.sha256 for s in shards] if cfg.verify_checksums else None,
-                   num_classes=index.num_classes)
+    stream = partial(ShardStream, [index.shard_path(s) for s in shards], [s.count for s in shards],
+                     exclude={i: frozenset(keys) for i, keys in exclude.items()},
+                     image_size=index.image_size, channels=index.channels, batch_size=cfg.batch_size, seed=seed,
+                     rank=rank, world_size=world_size, num_workers=cfg.num_workers,
+                     shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, resampled=cfg.resampled,
+                     checksums=[s.sha256 for s in shards] if cfg.verify_checksums else None,
+                     num_classes=index.num_classes)
     layout = {"world_size": world_size, "num_workers": cfg.num_workers, "batch_size": cfg.batch_size,
               "labelled_batch_size": cfg.labelled_batch_size, "seed": seed, "shards": cfg.shards}
     if cfg.validation_size:  # a different held-out set changes which samples the stream yields
