@@ -1,9 +1,9 @@
 """Start-up of the data layer per rank, before and after lazy shard verification, side by side.
 
-    python benchmarks/startup.py [--baseline 0fe7361] [--shards 10 200] [--ranks 1 4] [--out benchmarks/results/startup.md]
+    python benchmarks/startup.py [--baseline 0fe7361] [--shards 10 200] [--ranks 1 4] [--shard-size 100] [--out benchmarks/results/startup.md]
 
-For each shard count it writes a synthetic 32x32 RGB, 10-class data set (random pixels, 100 samples
-per shard) through the real prepare path, then for each rank count spawns that many gloo ranks that
+For each shard count it writes a synthetic 32x32 RGB, 10-class data set (random pixels,
+`--shard-size` samples per shard) through the real prepare path, then for each rank count spawns that many gloo ranks that
 each time `build_streams` (the tribigan setting: 10 labels per class) plus the first unlabelled and
 labelled batch, i.e. everything before step 1 can run. "old" is the tgan package of the `--baseline`
 commit (extracted with `git archive`), "new" this checkout's; both run in the same invocation.
@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SHARD_SIZE = 100
 
 
 def rank_main(args: argparse.Namespace) -> None:
@@ -75,7 +74,7 @@ def run_ranks(tree: Path, data: Path, world: int, labelled: bool) -> list[dict]:
     return [json.loads(o.strip().splitlines()[-1]) for o in outs]
 
 
-def make_data(root: Path, shards: int) -> Path:
+def make_data(root: Path, shards: int, shard_size: int) -> Path:
     import numpy as np
 
     from tgan.data.prepare import write_shards
@@ -83,12 +82,12 @@ def make_data(root: Path, shards: int) -> Path:
 
     out = root / f"shards-{shards}"
     rng = np.random.default_rng(shards)
-    n = shards * SHARD_SIZE
+    n = shards * shard_size
     images = {"train": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
               "test": rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)}
     labels = {s: np.arange(len(x)) % 10 for s, x in images.items()}
     write_shards(array_source("random", images, labels, [str(c) for c in range(10)], image_size=32), out,
-                 shard_size=SHARD_SIZE, progress=False)
+                 shard_size=shard_size, progress=False)
     return out
 
 
@@ -97,6 +96,7 @@ def main() -> None:
     p.add_argument("--baseline", default="0fe7361", help="commit with the old start-up (every rank checks every shard)")
     p.add_argument("--shards", type=int, nargs="+", default=[10, 200])
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--shard-size", type=int, default=100, help="samples per shard")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "startup.md"))
     p.add_argument("--rank", type=int, help=argparse.SUPPRESS)
     p.add_argument("--world", type=int, help=argparse.SUPPRESS)
@@ -116,7 +116,7 @@ def main() -> None:
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
         for shards in args.shards:
-            data = make_data(Path(tmp), shards)
+            data = make_data(Path(tmp), shards, args.shard_size)
             size = sum(f.stat().st_size for f in data.glob("train-*.tar"))
             for labelled in (True, False):
                 for world in args.ranks:
@@ -131,8 +131,8 @@ def main() -> None:
         f"{platform.system()} {platform.release()}, Python {platform.python_version()}; 1-minute load average "
         f"{load:.1f} when it started (shared with other work: times are noisy, bytes are exact).", "",
         f"Command: `python benchmarks/startup.py --baseline {args.baseline} --shards {' '.join(map(str, args.shards))} "
-        f"--ranks {' '.join(map(str, args.ranks))}`", "",
-        f"Synthetic 32x32 RGB, 10 classes, {SHARD_SIZE} samples per shard, checksums on; with labels = the tribigan "
+        f"--ranks {' '.join(map(str, args.ranks))} --shard-size {args.shard_size}`", "",
+        f"Synthetic 32x32 RGB, 10 classes, {args.shard_size} samples per shard, checksums on; with labels = the tribigan "
         "setting (10 labels per class), without = bigan / unconditional mbgan; gloo ranks on this machine, one "
         "process each, no loader workers. Start-up = `build_streams` + first unlabelled (and labelled) batch; "
         "time of the slowest rank; MB = shard and index "
