@@ -62,7 +62,7 @@ def shard_set(tmp_path_factory):
     write_shards(array_source("toy", {"train": images, "test": images[:4]}, {"train": labels, "test": labels[:4]},
                               ["a", "b"], image_size=8), out, shard_size=8, progress=False)
     index = load_index(out)
-    paths = [index.shard_path(s) for s in index.split("train").shards]
+    paths = [Path(index.shard_path(s)) for s in index.split("train").shards]
     return out, paths, [p.read_bytes() for p in paths]
 
 
