@@ -93,7 +93,7 @@ def make_backend(cfg: Config) -> Backend:
         from cluster.deepspeed_backend import DeepSpeedBackend
 
         return DeepSpeedBackend(cfg.cluster.deepspeed, batch_size=cfg.data.batch_size)
-    return TorchBackend()
+    return TorchBackend.for_config(cfg)
 
 
 def quiet_report_logs() -> None:

@@ -26,6 +26,7 @@ from tgan.eval.probe import PROBES
 from tgan.families import DEFAULT_FAMILY, FAMILIES, get_family
 from tgan.losses.mbgan import L1_REDUCTIONS
 from tgan.losses.triplet import FORMS, MINERS
+from tgan.train.precision import PRECISIONS
 from tgan.models.dcgan import SIZES as IMAGE_SIZES
 INCEPTION_HINT = ("download https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                   "weights-inception-2015-12-05-6726825d.pth (torch-fidelity's FID Inception) once and set "
@@ -136,6 +137,12 @@ class ModelConfig:
     """Channel multiplier of the DCGAN tables (1.0 = the paper's 64..512 channels; 0.25 for CPU runs)."""
     conditional: bool = False
     """Feed a one-hot class to G and D (MBGAN paper section 3.3); families without a conditional form refuse it."""
+    sync_batchnorm: bool = False
+    """BatchNorm statistics over the global batch (torch.nn.SyncBatchNorm) instead of per rank, so W ranks
+    train exactly like one process with the global batch. Needs GPU workers: torch's SyncBatchNorm
+    refuses CPU tensors, so a multi-rank CPU run with it is refused."""
+    channels_last: bool = False
+    """Networks in channels_last memory layout (faster convolutions on tensor-core GPUs)."""
 
     def __post_init__(self) -> None:
         _check(self.family in FAMILIES, "model.family", self.family, _one_of(FAMILIES))
@@ -234,6 +241,12 @@ class TrainConfig:
     resume: str = "auto"
     """auto: continue from the newest checkpoint in out_dir/checkpoints when there is one; never: start
     fresh (out_dir must hold no checkpoints); or the path of a checkpoint directory to start from."""
+    precision: str = "fp32"
+    """Arithmetic of the networks in the DDP / one-process step: fp32; bf16 (torch.autocast); or fp16
+    (autocast plus a GradScaler, whose scale is checkpointed). The triplet loss is computed in fp32
+    either way. The DeepSpeed backend takes its precision from cluster.deepspeed instead."""
+    compile: bool = False
+    """torch.compile every trained network (slow first steps while it compiles; for long GPU runs)."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
@@ -247,6 +260,7 @@ class TrainConfig:
         _check(self.max_nonfinite_in_row >= 1, "train.max_nonfinite_in_row", self.max_nonfinite_in_row,
                "an integer >= 1")
         _check(self.resume != "", "train.resume", self.resume, "auto, never or a checkpoint directory")
+        _check(self.precision in PRECISIONS, "train.precision", self.precision, _one_of(PRECISIONS))
 
 
 @dataclass(kw_only=True)
@@ -354,6 +368,8 @@ class Config:
     def __post_init__(self) -> None:
         _check(self.eval.every == 0 or self.data.validation_size > 0, "eval.every", self.eval.every,
                "0 unless data.validation_size > 0 (live validation needs a validation split)")
+        _check(self.train.precision == "fp32" or self.cluster.backend != "deepspeed", "train.precision",
+               self.train.precision, "fp32 with cluster.backend=deepspeed (set bf16/fp16 in cluster.deepspeed)")
         get_family(self.model.family).check(self)  # what only the family knows (labels, conditional, ...)
 
     def to_dict(self) -> dict:

@@ -93,7 +93,8 @@ class PhaseRunner:
             net.requires_grad_(False)
         try:
             nets = {n: self.backend.module(n) if n in trained else self.backend.raw(n) for n in self.names}
-            loss, scalars = group.phase(self.loss_fn, nets, batch)
+            with self.backend.autocast():
+                loss, scalars = group.phase(self.loss_fn, nets, batch)
             result = self.backend.step(group.name, loss)
         finally:
             for net, saved in zip(frozen, flags):
@@ -235,7 +236,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
         runinfo.record_phase(out, "data_prep", time.monotonic() - t_prep)
     for net in nets.values():
         net.to(device).train()
-    backend = backend if backend is not None else TorchBackend()
+    backend = backend if backend is not None else TorchBackend.for_config(cfg)
     backend.setup(nets, family.groups_in_order, cfg.optim, device)
 
     seed_everything(dist.rank_seed(cfg.train.seed, rank))
