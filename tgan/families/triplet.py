@@ -15,7 +15,7 @@ from torch import nn
 from tgan.eval.pictures import grad_norm_plot
 from tgan.families.base import Family, Group, PictureInputs, Role, need_labels, refuse_conditional
 from tgan.families.bigan import encoder_features
-from tgan.losses.base import Batch, GANLoss, Nets, to_floats
+from tgan.losses.base import Batch, GANLoss, Nets, detach_scalars
 from tgan.losses.mining import global_triplet_loss
 from tgan.models.networks import Encoder
 
@@ -33,7 +33,7 @@ class TripletLoss(GANLoss):
     def e_loss(self, nets: Nets, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         xl, yl = batch.labelled()
         loss, count = global_triplet_loss(nets["E"](xl), yl, form=self.form, miner=self.miner, margin=self.margin)
-        return loss, to_floats({"loss/triplet": loss, "triplets": count})
+        return loss, detach_scalars({"loss/triplet": loss, "triplets": count})
 
 
 def networks(m, channels: int, image_size: int, num_classes: int) -> dict[str, nn.Module]:

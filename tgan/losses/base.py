@@ -42,12 +42,18 @@ def sample_z(prior: str, n: int, latent_dim: int, device: torch.device | str | N
 
 class GANLoss:
     """One family's objective, split into phases: public methods `<phase>_loss(nets, batch)` that
-    return the loss to backpropagate and its scalars as floats. The family (tgan/families/) names
+    return the loss to backpropagate and its scalars as detached tensors (`detach_scalars`: read back
+    by the loop only at log steps, so a step waits on the device no more than it must). The family (tgan/families/) names
     which method is the phase of which optimizer group; the loop never knows which family it trains.
     """
 
     prior: str
     """Distribution of z (see sample_z)."""
+
+
+def detach_scalars(scalars: Mapping[str, torch.Tensor | float]) -> dict[str, torch.Tensor | float]:
+    """A phase's scalars, detached from the graph and left where they are (no host sync)."""
+    return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in scalars.items()}
 
 
 def to_floats(scalars: Mapping[str, torch.Tensor | float]) -> dict[str, float]:

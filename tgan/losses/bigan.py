@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tgan.losses.base import Batch, GANLoss, Nets, sample_z, to_floats
+from tgan.losses.base import Batch, GANLoss, Nets, detach_scalars, sample_z
 from tgan.losses.mining import global_triplet_loss
 
 
@@ -37,13 +37,13 @@ class BiGANLoss(GANLoss):
         """D's phase: -V, with G(z) and E(x) drawn without gradient."""
         real, fake = self._logits(nets, batch.x, train_ge=False)
         loss = F.softplus(-real).mean() + F.softplus(fake).mean()  # -V
-        return loss, to_floats({"loss/d": loss, "d/real": torch.sigmoid(real).mean(),
+        return loss, detach_scalars({"loss/d": loss, "d/real": torch.sigmoid(real).mean(),
                                 "d/fake": torch.sigmoid(fake).mean()})
 
     def g_loss(self, nets: Nets, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """G and E's phase (non-saturating or V itself)."""
         loss, scalars = self._g_terms(nets, batch)
-        return loss, to_floats(scalars)
+        return loss, detach_scalars(scalars)
 
     def _g_terms(self, nets: Nets, batch: Batch):
         real, fake = self._logits(nets, batch.x, train_ge=True)

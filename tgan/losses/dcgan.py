@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tgan.losses.base import Batch, GANLoss, Nets, sample_z, to_floats
+from tgan.losses.base import Batch, GANLoss, Nets, detach_scalars, sample_z
 
 
 class DCGANLoss(GANLoss):
@@ -27,10 +27,10 @@ class DCGANLoss(GANLoss):
             fake_x = self._fake(nets, batch.x)
         fake = nets["D"](fake_x)
         loss = F.softplus(-real).mean() + F.softplus(fake).mean()
-        return loss, to_floats({"loss/d": loss, "d/real": torch.sigmoid(real).mean(),
+        return loss, detach_scalars({"loss/d": loss, "d/real": torch.sigmoid(real).mean(),
                                 "d/fake": torch.sigmoid(fake).mean()})
 
     def g_loss(self, nets: Nets, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         fake = nets["D"](self._fake(nets, batch.x))
         loss = F.softplus(-fake).mean() if self.nonsaturating else -F.softplus(fake).mean()
-        return loss, to_floats({"loss/g": loss, "d/fake": torch.sigmoid(fake).mean()})
+        return loss, detach_scalars({"loss/g": loss, "d/fake": torch.sigmoid(fake).mean()})

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tgan.losses.base import Batch, GANLoss, Nets, sample_z, to_floats
+from tgan.losses.base import Batch, GANLoss, Nets, detach_scalars, sample_z
 
 L1_REDUCTIONS = ("mean", "sum")
 
@@ -66,7 +66,7 @@ class MBGANLoss(GANLoss):
         d_real, d_fake = distance(f_i, f_j), distance(f_i, f_fake)
         h = self.alpha * self.l1(batch.x[m:2 * m] - fake)
         loss = F.relu(h + d_real - d_fake).mean()
-        return loss, to_floats({"loss/d": loss, "loss/margin": h.mean(), "d/real": d_real.mean(),
+        return loss, detach_scalars({"loss/d": loss, "loss/margin": h.mean(), "d/real": d_real.mean(),
                                 "d/fake": d_fake.mean()})
 
     def g_loss(self, nets: Nets, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -76,7 +76,7 @@ class MBGANLoss(GANLoss):
             f_j = nets["D"](batch.x[:2 * m], None if y is None else y[:2 * m])[m:]
         f_fake = nets["D"](self._fake(nets, m, y_j, batch.x), y_j)
         loss = distance(f_j, f_fake).mean()
-        return loss, to_floats({"loss/g": loss})
+        return loss, detach_scalars({"loss/g": loss})
 
     def l1(self, diff: torch.Tensor) -> torch.Tensor:
         """Per-sample L1 norm of an image difference, averaged or summed over pixels (loss.l1_reduction)."""

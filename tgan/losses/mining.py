@@ -101,7 +101,7 @@ def _gather(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torc
     n = torch.tensor([emb.shape[0]], device=emb.device)
     counts = [torch.zeros_like(n) for _ in range(w)]
     dist.all_gather(counts, n)
-    sizes = [int(c) for c in counts]
+    sizes = torch.cat(counts).tolist()  # one read-back, not one per rank
     longest = max(sizes)
     if longest == 0:  # every rank sees the same sizes, so all of them return here together
         return emb, labels, 0
@@ -117,8 +117,9 @@ def _gather(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 def global_triplet_loss(emb: torch.Tensor, labels: torch.Tensor, *, form: str, miner: str,
-                        margin: float) -> tuple[torch.Tensor, int]:
-    """Triplet loss mined over the labelled rows of every rank, and the number of mined triplets.
+                        margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triplet loss mined over the labelled rows of every rank, and the number of mined triplets (a
+    0-d tensor).
 
     Identical on every rank; equal to single-process `triplet_loss` on the concatenated batch, and
     used unscaled (the factor is 1 under DDP's gradient average: see the module docstring).
@@ -129,7 +130,8 @@ def global_triplet_loss(emb: torch.Tensor, labels: torch.Tensor, *, form: str, m
     both = torch.stack([total, count.double()])
     if is_dist():
         both = _AllReduceSum.apply(both)
-    return (both[0] / both[1].clamp(min=1)).to(torch.promote_types(emb.dtype, torch.float32)), int(both[1])
+    loss = (both[0] / both[1].clamp(min=1)).to(torch.promote_types(emb.dtype, torch.float32))
+    return loss, both[1].detach()  # the count stays on the device: no host sync for a logged scalar
 
 
 def mining_memory_bytes(rows: int, rows_per_rank: int, dim: int, miner: str) -> int:

@@ -32,7 +32,7 @@ from tgan.eval.metrics import check_gallery
 from tgan.eval.validation import LiveValidation
 from tgan.families import get_family
 from tgan.families.base import Group, build_networks
-from tgan.losses.base import Batch
+from tgan.losses.base import Batch, to_floats
 from tgan.progress import Progress
 from tgan.train import checkpoint as ckpt
 from tgan.train import resume as resume_lib
@@ -254,6 +254,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
     run_phase = PhaseRunner(backend, loss_fn, list(nets))
     validation = LiveValidation(cfg, family, streams, device) if cfg.eval.every else None
     scalars: dict[str, float] = {}
+    shown: dict[str, float] = {}
     done = start
     t_train = time.monotonic()
     deadline = t_train + cfg.train.time_limit_s if cfg.train.time_limit_s > 0 else None
@@ -265,15 +266,18 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
             scalars, give_up = _train_step(cfg, step, streams, device, run_phase, family.groups_in_order,
                                            counters)
             done = step
-            if progress is not None:
-                progress.update(step, scalars)
             last = step == cfg.train.steps or _out_of_time(deadline, device)
             every = cfg.train.checkpoint_every
             is_val = validation is not None and validation.due(step, last)
             is_log = step % cfg.train.log_every == 0 or last or give_up or is_val
             is_ckpt = not give_up and (last or (every > 0 and step % every == 0))
             if not (is_log or is_ckpt):
+                if progress is not None:  # the last reported scalars: reading this step's would wait on the device
+                    progress.update(step, shown)
                 continue
+            scalars = shown = to_floats(scalars)  # the phases' scalars stay on the device until a step reports
+            if progress is not None:
+                progress.update(step, scalars)
             scalars["data/corrupt_samples"] = _global_sum(streams.corrupt_samples, device)
             if is_val:
                 scalars.update(validation({n: backend.raw(n) for n in nets}))
