@@ -43,8 +43,9 @@ def sample_z(prior: str, n: int, latent_dim: int, device: torch.device | str | N
 class GANLoss:
     """One family's objective, split into phases: public methods `<phase>_loss(nets, batch)` that
     return the loss to backpropagate and its scalars as detached tensors (`detach_scalars`: read back
-    by the loop only at log steps, so a step waits on the device no more than it must). The family (tgan/families/) names
-    which method is the phase of which optimizer group; the loop never knows which family it trains.
+    by the loop only at log steps, so a step waits on the device no more than it must). The family
+    (tgan/families/) names which method is the phase of which optimizer group; the loop never knows
+    which family it trains.
     """
 
     prior: str
