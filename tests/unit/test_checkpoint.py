@@ -2,17 +2,20 @@
 RNG and data position come back, networks load for evaluation, a killed run resumes by itself.
 Resume semantics: new learning rates take effect and are recorded, fields that define the checkpoint
 are refused before anything is written; a planted pickle never runs; a damaged checkpoint falls back
-to the previous one; non-finite weights are never saved."""
+to the previous one (also for random byte damage, property-based); non-finite weights are never saved."""
 import json
 import random
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tgan.config import ConfigError, load_config
 from tgan.train import checkpoint as ckpt
@@ -279,3 +282,36 @@ def test_non_finite_weights_are_never_saved_and_the_error_names_the_last_finite_
     result = train(cfg_for(shards, run_copy, "train.steps=6"))
     assert result.step == 6 and torch.isfinite(final_weights(result)).all()
     assert history_of(run_copy) == [{"from_step": 5, "changes": {"train.steps": [4, 6]}}]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_byte_damage_to_a_checkpoint_is_refused_naming_the_file_or_changes_nothing(
+        shards, four_steps, tmp_path, data):
+    """Property (hypothesis): bytes flipped, cut off or appended anywhere in the newest checkpoint's
+    files, manifest included: resume either falls back to the older checkpoint with one line naming
+    the damaged checkpoint's file, or (damage that leaves the manifest's meaning intact, e.g. one
+    whitespace byte swapped for another) loads the newest one unchanged. Never another exception."""
+    out = Path(tempfile.mkdtemp(dir=tmp_path)) / "run"
+    shutil.copytree(four_steps, out)
+    newest, older = ckpt.list_checkpoints(out)[::-1]
+    files = sorted(p for p in newest.rglob("*") if p.is_file())
+    file = data.draw(st.sampled_from(files), label="file")
+    raw = bytearray(file.read_bytes())
+    how = data.draw(st.sampled_from(["flip", "cut", "append"]), label="how")
+    if how == "flip":
+        for offset in data.draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=4), label="offsets"):
+            raw[offset] ^= data.draw(st.integers(1, 255), label="xor")
+    elif how == "cut":
+        del raw[data.draw(st.integers(0, len(raw) - 1), label="length"):]
+    else:
+        raw += data.draw(st.binary(min_size=1, max_size=64), label="appended")
+    file.write_bytes(bytes(raw))
+    lines = []
+    resumed = resume_lib.open_resume(cfg_for(shards, out, "train.steps=6"), world_size=1, rank=0, report=lines.append)
+    if resumed.path == newest:
+        assert file.name == ckpt.MANIFEST and lines == []
+    else:
+        assert resumed.path == older and resumed.step == 2
+        assert len(lines) == 1 and "\n" not in lines[0] and str(newest) in lines[0], lines
+    shutil.rmtree(out.parent)
