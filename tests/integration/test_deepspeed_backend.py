@@ -3,12 +3,13 @@
 Same seed, same per-rank batches: the losses and gradient norms of the first steps agree with
 TorchBackend (DDP when 2 ranks, the one-process loop's backend when 1): to 1e-6 at ZeRO-0; at ZeRO 1
 and 2 step 1 to 1e-5 and later steps to 2%, since they inherit the weight differences below (0.7% on a
-step-3 gradient norm measured on a 2-core x86_64 VM, the same before and after the family rework). Their weights after 3 steps: ZeRO-0 to 1e-6; ZeRO 1/2 flatten each group into one
-fp32 buffer and clip it there, and Adam's normalisation m/sqrt(v) turns those last-bit differences of
-near-zero gradients into sign flips of a step of about lr, so the weights' difference must be under 10%
-of how far they moved (measured 0.7% with 1 rank, 2.1% with 2). its checkpoint round-trips the ZeRO-partitioned optimizer state, and a learning
-rate set after loading takes effect; a non-finite loss is
-skipped without touching the weights; bf16/fp16 on CPU are refused naming the field.
+step-3 gradient norm measured on a 2-core x86_64 VM, the same before and after the family rework).
+Their weights after 3 steps: ZeRO-0 to 1e-5; ZeRO 1/2 flatten each group into one fp32 buffer and
+clip it there, and Adam's normalisation m/sqrt(v) turns those last-bit differences of near-zero
+gradients into sign flips of a step of about lr, so the weights' difference must be under 10% of how
+far they moved (measured 0.7% with 1 rank, 2.1% with 2). Its checkpoint round-trips the
+ZeRO-partitioned optimizer state, and a learning rate set after loading takes effect; a non-finite
+loss is skipped without touching the weights; bf16/fp16 on CPU are refused naming the field.
 """
 import os
 
