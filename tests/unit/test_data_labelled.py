@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from toy_shards import write_toy_shards
 
 from tgan.config import DataConfig
 from tgan.data.index import DataError
@@ -24,14 +25,7 @@ COUNTS = [50, 31, 7, 12]  # unbalanced on purpose
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("labelled")
-    labels = np.repeat(np.arange(4), COUNTS)
-    np.random.default_rng(0).shuffle(labels)
-    images = np.random.default_rng(1).integers(0, 256, (len(labels), 8, 8, 1), dtype=np.uint8)
-    src = array_source("toy", {"train": images, "test": images[:8]}, {"train": labels, "test": labels[:8]},
-                       list("abcd"), image_size=8)
-    write_shards(src, out, shard_size=16, progress=False)
-    return out
+    return write_toy_shards(tmp_path_factory.mktemp("labelled"), COUNTS)
 
 
 def test_counts_follow_the_documented_rule():

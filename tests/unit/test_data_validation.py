@@ -7,15 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from toy_shards import write_toy_shards
 
 from tgan.config import ConfigError, DataConfig, load_config
 from tgan.data.index import DataError
 from tgan.data.labelled import validation_counts
-from tgan.data.prepare import write_shards
-from tgan.data.sources import array_source
 from tgan.data.streams import build_streams
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,15 +22,7 @@ COUNTS = [50, 30, 10, 10]  # 100 training examples, unbalanced on purpose
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("validation")
-    labels = np.repeat(np.arange(4), COUNTS)
-    np.random.default_rng(0).shuffle(labels)
-    # Random 8x8 images: every sample is unique, so images identify samples in the streams' output.
-    images = np.random.default_rng(1).integers(0, 256, (len(labels), 8, 8, 1), dtype=np.uint8)
-    src = array_source("toy", {"train": images, "test": images[:8]}, {"train": labels, "test": labels[:8]},
-                       list("abcd"), image_size=8)
-    write_shards(src, out, shard_size=16, progress=False)
-    return out
+    return write_toy_shards(tmp_path_factory.mktemp("validation"), COUNTS)
 
 
 def _cfg(shards, **kw) -> DataConfig:
