@@ -226,10 +226,7 @@ def storage_path(cfg: ClusterConfig, out_dir: str | Path) -> str:
     raw = cfg.storage_path or str(Path(out_dir).resolve() / "ray")
     if "://" in raw:
         return raw
-    path = Path(raw)
-    if not path.is_absolute():
-        raise ClusterError(f"cluster.storage_path={raw!r} must be absolute (Ray Train resolves it on every node) "
-                           "or a URI such as s3://bucket/runs")
+    path = Path(raw)  # absolute: the config refuses a relative cluster.storage_path
     probe = path / f".write_probe_{uuid.uuid4().hex}"
     try:
         path.mkdir(parents=True, exist_ok=True)
