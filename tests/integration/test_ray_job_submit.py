@@ -68,7 +68,7 @@ def test_ray_job_submit_runs_the_debug_recipe_on_a_started_head(ray_head, shards
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
     assert "done: 4 steps" in logs and "| model E |" in logs  # the evaluation table ends the job's output
     for line in (f"checkpoints: {out / 'checkpoints'}", f"metrics: {out / 'metrics.jsonl'}",
-                 f"samples and evaluation: {out / 'eval'}"):
+                 f"evaluation: {out / 'eval'}"):
         assert line in logs, line
     stored = out / "ray" / out.name / "step_00000004"
     assert (stored / "state.pt").is_file() and (out / "checkpoints" / "step_00000004" / "state.pt").is_file()
