@@ -300,7 +300,7 @@ def test_random_byte_damage_to_a_checkpoint_is_refused_naming_the_file_or_change
     raw = bytearray(file.read_bytes())
     how = data.draw(st.sampled_from(["flip", "cut", "append"]), label="how")
     if how == "flip":
-        for offset in data.draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=4), label="offsets"):
+        for offset in data.draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=4, unique=True), label="offsets"):
             raw[offset] ^= data.draw(st.integers(1, 255), label="xor")
     elif how == "cut":
         del raw[data.draw(st.integers(0, len(raw) - 1), label="length"):]

@@ -43,7 +43,8 @@ def test_family_contract(name):
     for group in fam.groups_in_order:
         value, scalars = group.phase(loss, nets, batch)
         value.backward()
-        assert torch.isfinite(value) and all(isinstance(v, float) for v in scalars.values())
+        # scalars stay on the device until a log step reads them (one host sync, not one per value)
+        assert torch.isfinite(value) and all(torch.isfinite(torch.as_tensor(v)).all() for v in scalars.values())
 
 
 def test_unknown_family_names_the_field():

@@ -53,7 +53,7 @@ def test_time_limit_stops_early_with_a_checkpoint_and_the_cli_then_evaluates(sha
     assert proc.returncode == 0, proc.stderr
     assert "train.time_limit_s=1e-06 reached: stopped at step 1 of 1000" in proc.stdout
     # Not a terminal: progress lines, the first one at step 1, then the evaluation's stages.
-    assert re.search(r"^train 1/1000 \(0%\) \| [\d.]+ s/step \| \d+ img/s \| ETA \S+ \| d [\d.]+ g [\d.]+ triplet",
+    assert re.search(r"^train 1/1000 \(0%\) \| [\d.]+ (?:s/step|step/s) \| \d+ img/s \| ETA \S+ \| d [\d.]+ g [\d.]+ triplet",
                      proc.stdout, re.M), proc.stdout
     assert re.search(r"^eval 5/5 \(100%\)", proc.stdout, re.M) and "run: started " in proc.stdout
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001"]
