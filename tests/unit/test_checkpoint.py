@@ -16,6 +16,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from run_metrics import per_step
 
 from tgan.config import ConfigError, load_config
 from tgan.train import checkpoint as ckpt
@@ -33,11 +34,6 @@ def shards(debug_shards):
 
 def cfg_for(shards, out, *overrides):
     return load_config(DEBUG, [f"data.shards={shards}", f"train.out_dir={out}", "train.log_every=1", *overrides])
-
-
-def per_step(out):
-    rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("perf/") and k not in ("time", "elapsed_s")} for r in rows]
 
 
 def scramble_process_state():

@@ -1,10 +1,10 @@
 """The triplet family (tgan/families/triplet.py) in one process on the debug recipe: it trains only E
 with the triplet loss, checkpoints and resumes to the same losses, and evaluates E."""
-import json
 from pathlib import Path
 
 import pytest
 import torch
+from run_metrics import per_step
 
 from tgan.config import ConfigError, apply_overrides, load_config
 from tgan.eval.run import evaluate
@@ -20,11 +20,6 @@ def cfg_for(shards, out, *overrides):
     return load_config(DEBUG, [f"data.shards={shards}", f"train.out_dir={out}", "model.family=triplet",
                                "train.log_every=1", "train.checkpoint_every=0", "eval.max_train=200",
                                "eval.max_test=60", "eval.pictures=true", *overrides])
-
-
-def per_step(out):
-    rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("perf/") and k not in ("time", "elapsed_s")} for r in rows]
 
 
 def test_triplet_trains_only_e_resumes_to_the_same_losses_and_evaluates(debug_shards, tmp_path):
