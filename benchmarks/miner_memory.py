@@ -86,6 +86,49 @@ def one_case(impl: str, n: int, miner: str) -> dict:
     return {"peak": max(peak, 0), "seconds": seconds, "candidates": candidates}
 
 
+def gpu_rank_case(n: int, miner: str, reps: int = 10) -> dict:
+    """One rank's mining (32 anchors against all N rows) forward+backward on the GPU: the median of
+    `reps` timed repetitions after two warm-ups, and the peak memory the caching allocator saw."""
+    gen = torch.Generator().manual_seed(n)
+    labels = torch.randint(0, CLASSES, (n,), generator=gen).cuda()
+    emb = torch.randn(n, DIM, generator=gen).cuda().requires_grad_()
+    anchors = torch.arange(PER_RANK, device="cuda")
+    times = []
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    for i in range(reps + 2):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        total, count = triplet_sum(emb, labels, anchors, form="softmax", miner=miner, margin=1.0)
+        (total / count).backward()
+        torch.cuda.synchronize()
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+        emb.grad = None
+    return {"seconds": sorted(times)[len(times) // 2], "peak": torch.cuda.max_memory_allocated() - before}
+
+
+def gpu_main(sizes: list[int], step_ms: float | None, out: Path) -> None:
+    """The per-rank mining of each size measured on this machine's GPU, beside a measured step."""
+    rows = ["| N | miner | per rank on the GPU: time | peak GPU memory | of the step |", "|---|---|---|---|---|"]
+    for n in sizes:
+        for miner in ("all", "semihard"):
+            r = gpu_rank_case(n, miner)
+            share = f"{100 * r['seconds'] * 1e3 / step_ms:.1f}%" if step_ms else "-"
+            rows.append(f"| {n} | {miner} | {r['seconds'] * 1e3:.2f} ms | {gib(r['peak'])} | {share} |")
+            print(rows[-1], flush=True)
+    text = "\n".join([
+        "# Triplet miner on a GPU: one rank's mining (32 anchors) against N gathered rows", "",
+        f"Machine: {torch.cuda.get_device_name(0)}, torch {torch.__version__}; eager PyTorch, fp32, "
+        f"forward + backward, median of 10 after 2 warm-ups.",
+        f"Command: `python benchmarks/miner_memory.py --gpu --sizes {' '.join(map(str, sizes))}"
+        + (f" --gpu-step-ms {step_ms}`; the step is the CIFAR-10 tribigan recipe's DDP step measured by "
+           "benchmarks/ray_throughput.py on the same card in the same session." if step_ms else "`"), "",
+        *rows, ""])
+    out.write_text(text)
+    print(text)
+
+
 def run_case(impl: str, n: int, miner: str) -> dict:
     out = subprocess.run([sys.executable, __file__, "--case", impl, str(n), miner], check=True,
                          capture_output=True, text=True).stdout
@@ -123,7 +166,12 @@ def main() -> None:
                    help="largest N the chunked miner is run at over all N anchors")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "miner.md"))
     p.add_argument("--case", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--gpu", action="store_true", help="time one rank's mining on this machine's GPU instead")
+    p.add_argument("--gpu-step-ms", type=float, default=None, help="a measured training step to compare with")
     args = p.parse_args()
+    if args.gpu:
+        gpu_main(args.sizes, args.gpu_step_ms, ROOT / "benchmarks" / "results" / "miner_gpu.md")
+        return
     if args.case:
         impl, n, miner = args.case
         print(json.dumps(one_case(impl, int(n), miner)))

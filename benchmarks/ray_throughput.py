@@ -9,8 +9,11 @@ CPU (default; the numbers in benchmarks/results/ray_throughput_cpu.md):
      timed on the live process group with the run's own tensor sizes.
 GPU box:
   python benchmarks/ray_throughput.py --device cuda --recipe launch/recipes/cifar10_tribigan.yaml
-  bare (1 GPU) vs Ray DDP vs Ray DeepSpeed bf16 on all GPUs. With no shards for the recipe it writes
-  SYNTHETIC shards of the recipe's shape (random images, random labels) and says so in the results.
+  bare (1 GPU) vs Ray DDP fp32 vs Ray DDP bf16 (train.precision) vs Ray DeepSpeed bf16 on all GPUs,
+  each also as achieved FLOP/s (torch.utils.flop_counter over two real training steps of the bare
+  loop, so only matmuls and convolutions count) against the card's bf16 matmul peak measured in
+  the same run (8192^3 products). With no shards for the recipe it writes SYNTHETIC shards of the
+  recipe's shape (random images, random labels) and says so in the results.
 
 Throughput = global batch / the median wall interval between consecutive steps (every per-step
 overhead included: reporting, metrics); the first --warmup steps are excluded. The configurations
@@ -112,6 +115,31 @@ def run_bare(cfg: Config, warmup: int) -> dict:
     return summarize(stamps, warmup, cfg.data.batch_size, {})
 
 
+def step_flops(cfg: Config) -> float:
+    """Matmul and convolution FLOPs of one training step on one rank, counted over the real steps
+    of the bare loop (forward and backward of every phase; Adam's elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tgan.train.loop import train
+
+    with FlopCounterMode(display=False) as counter:
+        train(cfg)
+    return counter.get_total_flops() / cfg.train.steps
+
+
+def bf16_matmul_peak(n: int = 8192, reps: int = 10) -> float:
+    """FLOP/s of an n x n x n bf16 matrix product on the current GPU (mean of `reps` after warm-up)."""
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
 def run_ray(cfg: Config, warmup: int) -> dict:
     from cluster import ray_env
     from cluster.trainer import absolute_paths, build_trainer
@@ -180,10 +208,15 @@ def main() -> int:
         gpu = ["cluster.use_gpu=true", "cluster.gpus_per_worker=1", f"cluster.num_workers={gpus}",
                f"cluster.cpus_per_worker={max(1, (os.cpu_count() or 2) // gpus - 1)}"]
         plan = {"bare loop, 1 GPU": (run_bare, ()),
-                f"Ray Train DDP, {gpus} GPU(s)": (run_ray, tuple(gpu)),
+                f"Ray Train DDP fp32, {gpus} GPU(s)": (run_ray, tuple(gpu)),
+                f"Ray Train DDP bf16 autocast, {gpus} GPU(s)": (run_ray, (*gpu, "train.precision=bf16")),
                 f"Ray Train DeepSpeed bf16 ZeRO-1, {gpus} GPU(s)": (run_ray, (
                     *gpu, "cluster.backend=deepspeed", "cluster.deepspeed.bf16.enabled=true",
                     "cluster.deepspeed.zero_optimization.stage=1"))}
+    flops = peak = None
+    if args.device == "cuda":
+        peak = bf16_matmul_peak()
+        flops = step_flops(cfg_for("flops", "train.steps=2"))
     rows: dict[str, dict] = {}
     for r in range(args.rounds):
         for i, (name, (fn, more)) in enumerate(plan.items()):
@@ -202,12 +235,18 @@ def main() -> int:
              f"best of {args.rounds} interleaved rounds",
              f"- load average when done: {os.getloadavg()[0]:.1f} (other work shares this machine)",
              f"- data: {'SYNTHETIC random images of the recipe shape (throughput only)' if synthetic else shards}", "",
-             "| run | images/s | step (ms) | data wait (ms) | all-reduce (ms) | mining all-gather (ms) | rest = compute (ms) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             *([f"- work per step and rank: {flops / 1e9:.0f} GFLOP ({flops / base.data.batch_size / 1e9:.2f} "
+                f"GFLOP per unlabelled image; torch.utils.flop_counter, matmuls and convolutions only); "
+                f"measured bf16 matmul peak of this card: {peak / 1e12:.0f} TFLOP/s"] if flops else []), "",
+             "| run | images/s | TFLOP/s | % of bf16 peak | step (ms) | data wait (ms) | all-reduce (ms) "
+             "| mining all-gather (ms) | rest = compute (ms) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name in names:
         r = rows[name]
         ms = lambda k: f"{1000 * r[k]:.1f}" if k in r else "-"  # noqa: E731
-        lines.append(f"| {name} | {r['images_per_s']:.1f} | {ms('step_s')} | {ms('data_wait_s')} | {ms('allreduce_s')} "
+        achieved = flops * r["images_per_s"] / base.data.batch_size if flops else None
+        lines.append(f"| {name} | {r['images_per_s']:.1f} | {f'{achieved / 1e12:.1f}' if achieved else '-'} "
+                     f"| {f'{100 * achieved / peak:.1f}' if achieved else '-'} | {ms('step_s')} | {ms('data_wait_s')} | {ms('allreduce_s')} "
                      f"| {ms('allgather_s')} | {ms('compute_s')} |")
     ips = [rows[n]["images_per_s"] for n in names]
     lines += ["", f"- {names[1]} / {names[0]}: {ips[1] / ips[0]:.3f}", f"- {names[2]} / {names[1]}: {ips[2] / ips[1]:.3f}"]
