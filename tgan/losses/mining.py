@@ -134,14 +134,14 @@ def global_triplet_loss(emb: torch.Tensor, labels: torch.Tensor, *, form: str, m
     return loss, both[1].detach()  # the count stays on the device: no host sync for a logged scalar
 
 
-def mining_memory_bytes(rows: int, rows_per_rank: int, dim: int, miner: str) -> int:
+def mining_memory_bytes(rows: int, rows_per_rank: int, dim: int, miner: str, on_gpu: bool = False) -> int:
     """Peak bytes that mining adds on one rank for `rows` global labelled rows, `rows_per_rank` of them
     this rank's anchors, `dim`-dimensional embeddings: an upper bound over every label layout.
 
-    A chunk takes as many anchors as fit in triplet.CHUNK_BYTES, or one anchor when one alone needs
-    more; one anchor needs the most when every row is of its class (see triplet.anchor_bytes)."""
+    A chunk takes as many anchors as fit in triplet.chunk_bytes(on_gpu), or one anchor when one alone
+    needs more; one anchor needs the most when every row is of its class (see triplet.anchor_bytes)."""
     widest = triplet.anchor_bytes(rows, 0 if miner == "hard" else rows, dim, miner)
-    chunk = min(rows_per_rank * widest, max(triplet.CHUNK_BYTES, widest))
+    chunk = min(rows_per_rank * widest, max(triplet.chunk_bytes(on_gpu), widest))
     gathered = 4 * rows * dim * 4  # gathered rows, their gradient, a chunk's gradient, gather buffers
     table = rows_per_rank * rows * 9  # the positives' int64 index and bool mask, at their widest
     return gathered + table + chunk
@@ -153,10 +153,14 @@ def dense_mining_bytes(rows: int, miner: str) -> int:
     return 32 * rows**3 // 10 if miner == "all" else 4 * rows**3
 
 
-def _mining_rows(cfg: Config) -> tuple[int, int, int]:
-    """(global labelled rows, rows per rank, embedding dim) of a config's triplet mining."""
+def _mining_need(cfg: Config) -> tuple[int, int, int]:
+    """(global labelled rows, rows per rank, bytes per rank) of a config's triplet mining."""
     per_rank = cfg.data.labelled_batch_size
-    return cfg.cluster.num_workers * per_rank, per_rank, cfg.model.latent_dim  # E(x) is latent_dim wide
+    rows = cfg.cluster.num_workers * per_rank
+    on_gpu = cfg.cluster.use_gpu or cfg.train.device.startswith("cuda") or (
+        cfg.train.device == "auto" and torch.cuda.is_available())
+    # E(x) is latent_dim wide
+    return rows, per_rank, mining_memory_bytes(rows, per_rank, cfg.model.latent_dim, cfg.loss.miner, on_gpu)
 
 
 def mining_summary(cfg: Config) -> str | None:
@@ -165,8 +169,7 @@ def mining_summary(cfg: Config) -> str | None:
 
     if not get_family(cfg.model.family).mines_triplets:
         return None
-    rows, per_rank, dim = _mining_rows(cfg)
-    need = mining_memory_bytes(rows, per_rank, dim, cfg.loss.miner)
+    rows, per_rank, need = _mining_need(cfg)
     was = "" if cfg.loss.miner == "hard" else \
         f"; the dense miner needed {dense_mining_bytes(rows, cfg.loss.miner) / 2**30:.1f} GiB"
     return (f"triplet mining (loss.miner={cfg.loss.miner}): {rows} global labelled rows, at most "
@@ -180,8 +183,7 @@ def check_mining_memory(cfg: Config) -> None:
 
     if not get_family(cfg.model.family).mines_triplets:
         return
-    rows, per_rank, dim = _mining_rows(cfg)
-    need = mining_memory_bytes(rows, per_rank, dim, cfg.loss.miner)
+    rows, per_rank, need = _mining_need(cfg)
     if need > cfg.loss.mining_memory_gb * 2**30:
         raise ConfigError(
             f"triplet mining over {rows} labelled rows needs about {need / 2**30:.1f} GiB per rank, more than "

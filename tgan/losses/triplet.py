@@ -35,8 +35,16 @@ FORMS = ("softmax", "hinge")
 MINERS = ("all", "semihard", "hard")
 
 CHUNK_BYTES = 64 * 2**20
-"""Working memory one chunk of anchors aims at: big enough to keep a GPU's kernels busy (millions
-of elements), small enough to stay far below the model's own memory. One anchor may need more."""
+"""Working memory one chunk of anchors aims at on a CPU: millions of elements per pass, small enough
+to stay far below the model's own memory. One anchor may need more."""
+GPU_CHUNK_BYTES = 2**30
+"""The same on a GPU, where every chunk costs a dozen kernel launches whatever its size: at 64 MiB,
+one rank's 32 anchors against 4096 rows (`all`) took 32 one-anchor chunks and 47 ms on an H100; at
+1 GiB they take 2 (benchmarks/results/miner_gpu.md), and the rank still stays under 2 GB."""
+
+
+def chunk_bytes(on_gpu: bool) -> int:
+    return GPU_CHUNK_BYTES if on_gpu else CHUNK_BYTES
 TRIPLET_BYTES = {"all": 20, "semihard": 40, "hard": 0}
 """Bytes per candidate triplet of a chunk while its loss and gradient are computed (measured with
 benchmarks/miner_memory.py: the gap, its loss term and gradient; semihard adds masks and a select)."""
@@ -55,9 +63,9 @@ def anchor_bytes(rows: int, positives: int, dim: int, miner: str) -> int:
     return rows * dim * ROW_BYTES_PER_DIM + rows * 16 + positives * rows * TRIPLET_BYTES[miner]
 
 
-def anchor_chunk(rows: int, positives: int, dim: int, miner: str) -> int:
-    """How many anchors one chunk takes (at least 1)."""
-    return max(1, CHUNK_BYTES // max(anchor_bytes(rows, positives, dim, miner), 1))
+def anchor_chunk(rows: int, positives: int, dim: int, miner: str, budget: int | None = None) -> int:
+    """How many anchors one chunk of `budget` bytes (default CHUNK_BYTES) takes (at least 1)."""
+    return max(1, (budget or CHUNK_BYTES) // max(anchor_bytes(rows, positives, dim, miner), 1))
 
 
 def _terms(gap: torch.Tensor, form: str, margin: float) -> torch.Tensor:
@@ -123,7 +131,8 @@ class _ChunkedTripletSum(torch.autograd.Function):
         grad_wanted = emb.requires_grad
         x = emb.detach().requires_grad_(grad_wanted)
         pos = None if miner == "hard" else _Positives(labels, anchors)
-        step = anchor_chunk(len(labels), pos.width if pos else 0, emb.shape[1], miner)
+        step = anchor_chunk(len(labels), pos.width if pos else 0, emb.shape[1], miner,
+                            chunk_bytes(emb.device.type == "cuda"))
         total = torch.zeros((), dtype=torch.float64, device=emb.device)
         count = torch.zeros((), dtype=torch.long, device=emb.device)
         grad = torch.zeros_like(emb) if grad_wanted else None
