@@ -181,6 +181,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     p.add_argument("--results", default=None, help="markdown file to write (default benchmarks/results/...)")
+    p.add_argument("--extra-row", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE...]",
+                   help="one more Ray run: the GPU (or CPU) settings plus these overrides, e.g. "
+                        "'DDP bf16, data in GPU memory=train.precision=bf16,data.mode=memory'")
     args = p.parse_args()
 
     base = load_config(args.recipe)
@@ -213,6 +216,9 @@ def main() -> int:
                 f"Ray Train DeepSpeed bf16 ZeRO-1, {gpus} GPU(s)": (run_ray, (
                     *gpu, "cluster.backend=deepspeed", "cluster.deepspeed.bf16.enabled=true",
                     "cluster.deepspeed.zero_optimization.stage=1"))}
+    for extra in args.extra_row:
+        name, _, overrides = extra.partition("=")
+        plan[name] = (run_ray, (*(gpu if args.device == "cuda" else one), *overrides.split(",")))
     flops = peak = None
     if args.device == "cuda":
         peak = bf16_matmul_peak()
@@ -220,7 +226,10 @@ def main() -> int:
     rows: dict[str, dict] = {}
     for r in range(args.rounds):
         for i, (name, (fn, more)) in enumerate(plan.items()):
-            row = fn(cfg_for(f"r{r}-c{i}", *more), args.warmup)
+            try:
+                row = fn(cfg_for(f"r{r}-c{i}", *more), args.warmup)
+            except Exception as e:  # one failing configuration must not lose the others' numbers
+                row = {"images_per_s": 0.0, "error": str(e).strip().splitlines()[-1][:200]}
             print(f"round {r}: {name}: {row}", flush=True)
             if name not in rows or row["images_per_s"] > rows[name]["images_per_s"]:
                 rows[name] = row
@@ -243,13 +252,16 @@ def main() -> int:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name in names:
         r = rows[name]
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error']} | | | | | | | |")
+            continue
         ms = lambda k: f"{1000 * r[k]:.1f}" if k in r else "-"  # noqa: E731
         achieved = flops * r["images_per_s"] / base.data.batch_size if flops else None
         lines.append(f"| {name} | {r['images_per_s']:.1f} | {f'{achieved / 1e12:.1f}' if achieved else '-'} "
                      f"| {f'{100 * achieved / peak:.1f}' if achieved else '-'} | {ms('step_s')} | {ms('data_wait_s')} | {ms('allreduce_s')} "
                      f"| {ms('allgather_s')} | {ms('compute_s')} |")
     ips = [rows[n]["images_per_s"] for n in names]
-    lines += ["", f"- {names[1]} / {names[0]}: {ips[1] / ips[0]:.3f}", f"- {names[2]} / {names[1]}: {ips[2] / ips[1]:.3f}"]
+    lines += ["", *(f"- {names[i]} / {names[j]}: {ips[i] / ips[j]:.3f}" for i, j in ((1, 0), (2, 1)) if ips[j])]
     text = "\n".join(lines) + "\n"
     print(text)
     results = Path(args.results or ROOT / "benchmarks" / "results" / f"ray_throughput_{args.device}.md")

@@ -70,7 +70,12 @@ def _ensure_process_group(device: torch.device) -> None:
 
 def _cast_hooks(net: nn.Module, dtype: torch.dtype) -> None:
     """Half-precision engines hold half weights: cast floating inputs to them and outputs back to
-    fp32, so the losses (and frozen calls from the other phase) stay fp32 and unchanged."""
+    fp32, so the losses (and frozen calls from the other phase) stay fp32 and unchanged. The engine
+    casts parameters only; BatchNorm's running statistics follow here, or its kernels refuse the
+    mix ("Expected running_mean to have type BFloat16 but got Float", seen on an H100)."""
+    for buf in net.buffers():
+        if buf.is_floating_point():
+            buf.data = buf.data.to(dtype)
 
     def pre(_module, args, kwargs):
         cast = [a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args]

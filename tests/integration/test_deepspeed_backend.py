@@ -175,3 +175,17 @@ def test_half_precision_hooks_take_fp32_in_and_give_fp32_out_without_renaming_we
     out = net(x)
     assert out.dtype == torch.float32 and list(net.state_dict()) == keys  # checkpoints load into fp32 nets
     torch.testing.assert_close(out, nn.functional.linear(x.bfloat16(), net.weight, net.bias).float())
+
+
+def test_half_precision_hooks_cast_batchnorm_statistics_like_the_weights():
+    from torch import nn
+
+    from cluster.deepspeed_backend import _cast_hooks
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    for p in net.parameters():  # a bf16 engine casts the parameters only
+        p.data = p.data.to(torch.bfloat16)
+    _cast_hooks(net, torch.bfloat16)
+    x = torch.randn(2, 3, 5, 5, requires_grad=True)
+    net(x).sum().backward()  # without the buffers' cast: "expected scalar type BFloat16 but found Float"
+    assert net[1].running_mean.dtype == torch.bfloat16 and x.grad.dtype == torch.float32
