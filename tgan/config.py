@@ -28,6 +28,10 @@ from tgan.losses.mbgan import L1_REDUCTIONS
 from tgan.losses.triplet import FORMS, MINERS
 from tgan.train.precision import PRECISIONS
 from tgan.models.dcgan import SIZES as IMAGE_SIZES
+
+DATA_MODES = ("stream", "memory")
+"""data.mode values: stream the shards through loader workers, or hold the rank's share on the device."""
+
 INCEPTION_HINT = ("download https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                   "weights-inception-2015-12-05-6726825d.pth (torch-fidelity's FID Inception) once and set "
                   "eval.inception_weights to its path, or leave it empty for the offline classifier FID only")
@@ -95,6 +99,15 @@ class DataConfig:
     """Draw shards with replacement, for clusters with fewer shards than ranks x loader workers."""
     verify_checksums: bool = True
     """Check each shard's sha256 against the index when it is read, before any of its samples is used."""
+    mode: str = "stream"
+    """stream: loader workers read, decode and shuffle the shards step by step (any data set size). memory:
+    each rank decodes its share of the training shards once at start-up into one uint8 tensor on the
+    training device (the GPU for cuda) and gathers shuffled batches there, augmentation included, so no
+    loader worker feeds the step (for sets that fit: CIFAR-10, SVHN, Fashion-MNIST). The labelled stream
+    lives on the same device. Refused when the rank's share exceeds data.memory_limit_gb."""
+    memory_limit_gb: float = 0.0
+    """Largest uint8 share of the training split one rank may hold with data.mode=memory, in GB; 0 = half
+    the training device's free memory when the streams are built (GPU memory for cuda, available RAM for cpu)."""
 
     def __post_init__(self) -> None:
         _check(self.shards.strip() != "", "data.shards", self.shards,
@@ -115,6 +128,11 @@ class DataConfig:
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
         _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
         _check(self.augment in AUGMENTATIONS, "data.augment", self.augment, _one_of(AUGMENTATIONS))
+        _check(self.mode in DATA_MODES, "data.mode", self.mode, _one_of(DATA_MODES))
+        _check(self.memory_limit_gb >= 0, "data.memory_limit_gb", self.memory_limit_gb,
+               "a number of GB >= 0 (0 = half the free memory of the training device)")
+        _check(not (self.mode == "memory" and self.resampled), "data.resampled", self.resampled,
+               "false with data.mode=memory (each rank holds its own shards; resampling is for streams)")
         _check(self.labelled_augment is None or self.labelled_augment in AUGMENTATIONS, "data.labelled_augment",
                self.labelled_augment, _one_of(AUGMENTATIONS) + " (or unset: data.augment)")
 

@@ -20,17 +20,26 @@ across passes without end, and the position is just a batch count. That gives ev
 
 The validation split (and the live-validation gallery) are picked in the same scan; the validation
 images are kept in memory (`Streams.validation`) and skipped by the unlabelled stream.
+
+data.mode=memory replaces the unlabelled stream's loader workers for sets that fit: after the scan,
+rank r decodes its share, shards r, r + W, ... less the held-out keys (checked like a reader checks
+them, unreadable samples skipped and counted), once, into one uint8 tensor on the training device,
+and a MemoryStream gathers batches there as the labelled stream does (per-pass permutations seeded
+by (seed, rank, pass), position = batch count, so resume is exact). An epoch covers the same
+samples as a stream-mode epoch over all ranks; which rank holds which shard, and the order, differ.
 """
 from __future__ import annotations
 
 import logging
+import math
+import os
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.distributed as torch_dist
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from tgan.config import DataConfig
 from tgan.data.augment import augment
@@ -44,33 +53,59 @@ from tgan.dist import rank_seed
 log = logging.getLogger("tgan.data")
 
 
-class LabelledStream:
-    """Endless batches `(xl, yl)` from the in-memory labelled subset; `keys` names its examples."""
+class MemoryStream:
+    """Endless batches `(x, y)` gathered from uint8 images [N, C, H, W] held on their device (the labelled
+    subset; the rank's share of the training split with data.mode=memory). Pass p over the N images
+    follows a permutation seeded by (seed, p), batches run across passes, the position is a batch
+    count, and the permutation, the gather, the float conversion and the augmentation all run on the
+    images' device (random draws from a generator there), so a batch costs the host no transfer or wait."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, keys: list[str], *, batch_size: int,
-                 seed: int, rank: int, augment: str = "none"):
-        self.images, self.labels, self.keys = images, labels, keys
-        self.batch_size, self.augment = batch_size, augment
-        self.seed = rank_seed(seed, rank, "labelled")
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, seed: int,
+                 augment: str = "none", corrupt: int = 0):
+        self.images, self.labels = images, labels.to(images.device)
+        self.batch_size, self.augment, self.seed = batch_size, augment, seed
         self.position = 0
+        self.corrupt = corrupt
+        """Samples of this rank's shards skipped as unreadable when they were loaded."""
         self._perm: tuple[int, torch.Tensor] | None = None
+
+    def _generator(self, purpose: str) -> torch.Generator:
+        return torch.Generator(self.images.device).manual_seed(rank_seed(self.seed, 0, purpose))
 
     def _permutation(self, p: int) -> torch.Tensor:
         if self._perm is None or self._perm[0] != p:
-            gen = torch.Generator().manual_seed(rank_seed(self.seed, 0, f"pass/{p}"))
-            self._perm = (p, torch.randperm(len(self.keys), generator=gen))
+            n, device = len(self.images), self.images.device
+            self._perm = (p, torch.randperm(n, generator=self._generator(f"pass/{p}"), device=device))
         return self._perm[1]
 
     def __iter__(self):
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n = len(self.keys)
-        start = self.position * self.batch_size
-        idx = torch.stack([self._permutation(pos // n)[pos % n] for pos in range(start, start + self.batch_size)])
-        gen = torch.Generator().manual_seed(rank_seed(self.seed, 0, f"augment/{self.position}"))
+        n = len(self.images)
+        pos, end, parts = self.position * self.batch_size, (self.position + 1) * self.batch_size, []
+        while pos < end:  # the slices of the passes this batch spans (several when n < batch_size)
+            p, i = divmod(pos, n)
+            take = min(n - i, end - pos)
+            parts.append(self._permutation(p)[i:i + take])
+            pos += take
+        idx = torch.cat(parts)
+        gen = self._generator(f"augment/{self.position}")
         self.position += 1
         return augment(to_float(self.images[idx]), self.augment, gen), self.labels[idx]
+
+    def seek(self, position: int) -> None:
+        self.position = position
+
+
+class LabelledStream(MemoryStream):
+    """The labelled subset's batches `(xl, yl)`; `keys` names its examples. Seeded per rank."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, keys: list[str], *, batch_size: int,
+                 seed: int, rank: int, augment: str = "none"):
+        super().__init__(images, labels, batch_size=batch_size, seed=rank_seed(seed, rank, "labelled"),
+                         augment=augment)
+        self.keys = keys
 
 
 class UnlabelledStream:
@@ -126,7 +161,7 @@ def _decode_held(key: str, shard: int, png: bytes, index: DatasetIndex) -> torch
 
 
 class Streams:
-    def __init__(self, index: DatasetIndex, unlabelled: UnlabelledStream, labelled: LabelledStream | None,
+    def __init__(self, index: DatasetIndex, unlabelled: UnlabelledStream | MemoryStream, labelled: LabelledStream | None,
                  layout: dict, validation: Held | None = None, gallery: Held | None = None):
         self.index, self.unlabelled, self.labelled = index, unlabelled, labelled
         self.validation, self.gallery = validation, gallery
@@ -157,12 +192,104 @@ class Streams:
         self.unlabelled.seek(self.unlabelled.position)
 
 
+class _DecodedShards(Dataset):
+    """Item j: the samples of shard `mine[j]`, checked like a reader checks them and decoded, as
+    `(uint8 [k, C, H, W], int64 [k], skipped)`, or the DataError that refused the shard (so that its
+    one-line message crosses the loader-worker boundary as it was)."""
+
+    def __init__(self, index: DatasetIndex, mine: list[int], exclude: dict[int, frozenset[str]], verify: bool):
+        self.paths = [index.shard_path(s) for s in index.split("train").shards]
+        self.shards = index.split("train").shards
+        self.mine, self.exclude, self.verify = mine, exclude, verify
+        self.size, self.channels = index.image_size, index.channels
+        self.check = ShardCheck(image_size=index.image_size, channels=index.channels, num_classes=index.num_classes)
+
+    def __len__(self) -> int:
+        return len(self.mine)
+
+    def __getitem__(self, j: int):
+        i, skipped = self.mine[j], [0]
+
+        def missing(url: str, n: int, reason: str) -> None:
+            skipped[0] += n
+            log.warning("shard %s: %d sample(s) unreadable (%s); skipped and counted", url, n, reason)
+
+        shard, skip = self.shards[i], self.exclude.get(i, frozenset())
+        try:
+            samples = self.check.samples(self.paths[i], shard.count, missing,
+                                         sha256=shard.sha256 if self.verify else None)
+        except DataError as e:
+            return e
+        images, labels = [], []
+        for sample in samples:
+            if sample["__key__"] in skip:
+                continue
+            try:
+                images.append(decode_image(sample["png"], size=self.size, channels=self.channels))
+                labels.append(decode_label(sample))
+            except (KeyError, ValueError, OSError) as e:
+                missing(sample["__url__"], 1, f"{sample['__key__']}: {type(e).__name__}: {e}")
+        empty = torch.empty(0, self.channels, self.size, self.size, dtype=torch.uint8)
+        return (torch.stack(images) if images else empty), torch.tensor(labels, dtype=torch.int64), skipped[0]
+
+
+def memory_limit_bytes(cfg: DataConfig, device: torch.device) -> tuple[int, str]:
+    """The most bytes data.mode=memory may hold on this rank, and where that number comes from."""
+    if cfg.memory_limit_gb > 0:
+        return int(cfg.memory_limit_gb * 1e9), f"data.memory_limit_gb={cfg.memory_limit_gb:g}"
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2, f"half the free memory of {device}"
+    pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return pages // 2, "half the available RAM"
+
+
+def _load_rank_share(cfg: DataConfig, index: DatasetIndex, exclude: dict[int, frozenset[str]], *, rank: int,
+                     world_size: int, seed: int, device: torch.device) -> MemoryStream:
+    """data.mode=memory: decode shards rank, rank + W, ... (minus the held-out keys) into one uint8 tensor
+    on `device`, in data.num_workers loader workers; refused before reading when it would not fit."""
+    shards = index.split("train").shards
+    mine = list(range(rank, len(shards), world_size))
+    count = sum(shards[i].count - len(exclude.get(i, ())) for i in mine)
+    shape = (index.channels, index.image_size, index.image_size)
+    need = count * (math.prod(shape) + 8)  # uint8 pixels + an int64 label each
+    limit, source = memory_limit_bytes(cfg, device)
+    if need > limit:
+        raise DataError(f"data.mode=memory: rank {rank} would hold {count} training images of {shape[0]}x{shape[1]}x"
+                        f"{shape[2]} ({need / 1e9:.2f} GB) but the limit is {limit / 1e9:.2f} GB ({source}): set "
+                        "data.mode=stream, use more ranks, or raise data.memory_limit_gb")
+    images = torch.empty((count, *shape), dtype=torch.uint8)
+    labels = torch.empty(count, dtype=torch.int64)
+    filled = skipped = 0
+    loader = DataLoader(_DecodedShards(index, mine, exclude, cfg.verify_checksums), batch_size=None,
+                        num_workers=min(cfg.num_workers, len(mine)))
+    for item in loader:
+        if isinstance(item, DataError):
+            raise item
+        x, y, lost = item
+        images[filled:filled + len(x)], labels[filled:filled + len(y)] = x, y
+        filled, skipped = filled + len(x), skipped + lost
+    if filled == 0:
+        raise DataError(f"rank {rank} found no usable sample in its shards {[index.shard_path(shards[i]) for i in mine]}"
+                        "; rerun launch/prepare_data.py")
+    log.info("data.mode=memory: rank %d holds %d training images (%.1f MB) on %s", rank, filled,
+             filled * (math.prod(shape) + 8) / 1e6, device)
+    return MemoryStream(images[:filled].to(device), labels[:filled], batch_size=cfg.batch_size,
+                        seed=rank_seed(seed, rank, "memory"), augment=cfg.augment, corrupt=skipped)
+
+
 def _check_layout(cfg: DataConfig, index: DatasetIndex, world_size: int) -> None:
     if cfg.image_size != index.image_size:
         raise DataError(f"data.image_size={cfg.image_size} but {index.location()} holds {index.image_size}x"
                         f"{index.image_size} images: set data.image_size={index.image_size} or rerun "
                         f"launch/prepare_data.py with --image-size {cfg.image_size}")
     shards = len(index.split("train").shards)
+    if cfg.mode == "memory":
+        if shards < world_size:
+            raise DataError(f"{index.location()} has {shards} train shard(s) but data.mode=memory gives each of the "
+                            f"{world_size} rank(s) whole shards: rerun prepare_data.py with a smaller --shard-size, "
+                            "or set data.mode=stream with data.resampled=true")
+        return
     readers = world_size * max(1, cfg.num_workers)
     if not cfg.resampled and shards < readers:
         raise DataError(f"{index.location()} has {shards} train shard(s) but {world_size} rank(s) x "
@@ -207,8 +334,10 @@ def _scan_train(index: DatasetIndex, make: Callable[[], Selection], verify_check
     return merged
 
 
-def build_streams(cfg: DataConfig, *, rank: int, world_size: int, seed: int, gallery_size: int = 0) -> Streams:
-    """The training streams of this rank, plus the validation split and (gallery_size > 0) a gallery."""
+def build_streams(cfg: DataConfig, *, rank: int, world_size: int, seed: int, gallery_size: int = 0,
+                  device: torch.device = torch.device("cpu")) -> Streams:
+    """The training streams of this rank, plus the validation split and (gallery_size > 0) a gallery.
+    With data.mode=memory both training streams yield batches already on `device`."""
     index = load_index(cfg.shards)
     _check_layout(cfg, index, world_size)
     check_shards_present(index, "train")
@@ -228,7 +357,8 @@ def build_streams(cfg: DataConfig, *, rank: int, world_size: int, seed: int, gal
             log.warning("data.labelled_batch_size=%d is more than the labelled subset's %d examples: every labelled "
                         "batch repeats examples (it is drawn over %.1f passes of the subset)",
                         cfg.labelled_batch_size, len(held.keys), cfg.labelled_batch_size / len(held.keys))
-        labelled = LabelledStream(held.images, held.labels, held.keys, batch_size=cfg.labelled_batch_size,
+        images = held.images.to(device) if cfg.mode == "memory" else held.images
+        labelled = LabelledStream(images, held.labels, held.keys, batch_size=cfg.labelled_batch_size,
                                   seed=seed, rank=rank,
                                   augment=cfg.augment if cfg.labelled_augment is None else cfg.labelled_augment)
         log.info("labelled subset: %d examples, per class %s", len(held.keys), torch.bincount(held.labels).tolist())
@@ -241,20 +371,26 @@ def build_streams(cfg: DataConfig, *, rank: int, world_size: int, seed: int, gal
         gallery = Held(selection.gallery(), index)
 
     shards = index.split("train").shards
-    exclude: dict[int, set[str]] = {}  # the unlabelled stream skips the held-out keys
+    held_out: dict[int, set[str]] = {}  # the unlabelled stream skips the held-out keys
     for key, _, (i, _) in selection.validation():
-        exclude.setdefault(i, set()).add(key)
+        held_out.setdefault(i, set()).add(key)
+    exclude = {i: frozenset(keys) for i, keys in held_out.items()}
+    layout = {"world_size": world_size, "num_workers": cfg.num_workers, "batch_size": cfg.batch_size,
+              "labelled_batch_size": cfg.labelled_batch_size, "seed": seed, "shards": cfg.shards}
+    if cfg.validation_size:  # a different held-out set changes which samples the stream yields
+        layout.update(validation_size=cfg.validation_size, validation_seed=cfg.validation_seed)
+    if cfg.mode == "memory":
+        layout.update(mode="memory")
+        layout.pop("num_workers")  # the loader workers only decode at start-up; they do not shape the order
+        unlabelled = _load_rank_share(cfg, index, exclude, rank=rank, world_size=world_size, seed=seed, device=device)
+        return Streams(index, unlabelled, labelled, layout, validation, gallery)
     stream = partial(ShardStream, [index.shard_path(s) for s in shards], [s.count for s in shards],
-                     exclude={i: frozenset(keys) for i, keys in exclude.items()},
+                     exclude=exclude,
                      image_size=index.image_size, channels=index.channels, batch_size=cfg.batch_size, seed=seed,
                      rank=rank, world_size=world_size, num_workers=cfg.num_workers,
                      shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, resampled=cfg.resampled,
                      checksums=[s.sha256 for s in shards] if cfg.verify_checksums else None,
                      num_classes=index.num_classes)
-    layout = {"world_size": world_size, "num_workers": cfg.num_workers, "batch_size": cfg.batch_size,
-              "labelled_batch_size": cfg.labelled_batch_size, "seed": seed, "shards": cfg.shards}
-    if cfg.validation_size:  # a different held-out set changes which samples the stream yields
-        layout.update(validation_size=cfg.validation_size, validation_seed=cfg.validation_seed)
     return Streams(index, UnlabelledStream(stream, num_workers=cfg.num_workers), labelled, layout, validation, gallery)
 
 

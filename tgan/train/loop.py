@@ -208,7 +208,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
     ensure_shards(cfg.data)
 
     streams = build_streams(cfg.data, rank=rank, world_size=world, seed=cfg.train.seed,
-                            gallery_size=cfg.eval.gallery_size if cfg.eval.every else 0)
+                            gallery_size=cfg.eval.gallery_size if cfg.eval.every else 0, device=device)
     index = streams.index
     check_gallery(cfg.eval, index.split("train").count, index.location())  # the evaluation after training
     meta = {"channels": index.channels, "image_size": index.image_size, "num_classes": index.num_classes}
