@@ -12,7 +12,7 @@ For one recipe, on one machine, in one run:
   rank's uint8 tensor, float conversion, augmentation, all on the device), images/s;
 - **step**: one training step of the recipe (every optimizer phase, backward and optimizer step) on
   a fixed batch already on the device, images/s = data.batch_size / step time, as the loop reports it.
-`workers needed` = step / stream-per-worker: the loader workers one rank needs so that the stream keeps
+`workers needed` = step / stream with 1 worker: the loader workers one rank needs so that the stream keeps
 up. The shards are the recipe's own (digits are made offline), or with `--synthetic-cifar N` N
 generated images written as CIFAR-10's python batches (the exact on-disk format, read by the stock
 torchvision reader with its md5 table filled in for the generated files) and converted by the real
@@ -226,7 +226,7 @@ def main() -> None:
         f"| step consumes (img/s) | stream, 1 worker (img/s) | stream, {args.workers} workers (img/s per worker) "
         "| memory gather on the device (img/s) | workers needed by the stream | memory gather / step |",
         "| ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| {step:,.0f} | {one:,.0f} | {many:,.0f} | {gather:,.0f} | {step / min(one, many):.2f} | {gather / step:.1f} |",
+        f"| {step:,.0f} | {one:,.0f} | {many:,.0f} | {gather:,.0f} | {step / one:.2f} | {gather / step:.1f} |",
     ]) + "\n"
     print(body)
     write_section(Path(args.out), heading, body)
