@@ -4,6 +4,7 @@ or one of Ray 2.60's node metrics; the PodMonitor scrapes the port the pods name
 exports on, and adds the ray_io_cluster label the dashboard filters on; the manifests parse."""
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -171,3 +172,15 @@ def test_cloud_yaml_mounts_efs_on_the_host_and_fails_the_node_when_the_mount_fai
     assert init[-1] == "mountpoint /mnt/shared"  # exits non-zero, failing the node, when nothing is mounted
     assert not any("mount" in c for c in cloud.get("setup_commands", []))  # inside the container: too late
     assert "-v /mnt/shared:/mnt/shared" in cloud["docker"]["run_options"]
+
+
+def test_cloud_yaml_stops_a_node_whose_efs_id_is_still_the_placeholder():
+    def check(text):  # the first initialization command, run on the host as Ray would (bash -c)
+        command = yaml.safe_load(text)["initialization_commands"][0]
+        return subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+
+    shipped = check(CLOUD.read_text())
+    assert shipped.returncode == 1 and len(shipped.stderr.splitlines()) == 1
+    assert "cluster/cloud.yaml: initialization_commands: the EFS id is the placeholder fs-XXXXXXXX" in shipped.stderr
+    filled = check(CLOUD.read_text().replace("fs-XXXXXXXX", "fs-0123456789abcdef"))  # what the user does
+    assert filled.returncode == 0 and filled.stderr == ""
