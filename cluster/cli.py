@@ -79,16 +79,16 @@ def sweep_main(argv: list[str] | None = None) -> int:
     if isinstance(cfg, int):
         return cfg
     from cluster.ray_env import ClusterError
-    from cluster.sweep import sweep
+    from cluster.sweep import sweep, unfinished_trials
     from cluster.sweep_report import finish
     from tgan.train.loop import USER_ERRORS
 
     try:
         results, base = sweep(cfg, spec, resume=args.resume)
-        unfinished = len(results) - results.num_terminated - results.num_errors
+        unfinished = unfinished_trials(base.train.out_dir)
         if unfinished:  # Ctrl-C (or the driver was stopped): Tune saved its state
-            print(f"sweep interrupted with {unfinished} unfinished trial(s): finish it with the same command "
-                  "plus --resume", file=sys.stderr)
+            print(f"sweep interrupted with {len(unfinished)} unfinished trial(s) ({', '.join(unfinished)}): "
+                  "finish it with the same command plus --resume", file=sys.stderr)
             return 1
         rows = finish(results, base, spec)
     except (ClusterError, *USER_ERRORS) as e:

@@ -18,6 +18,7 @@ metric, its last value) is evaluated once on the test split; see cluster/sweep_r
 """
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import uuid
@@ -171,6 +172,15 @@ def tuner(base: Config, spec: SweepSpec, *, resume: bool):
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=base.train.out_dir, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+
+
+def unfinished_trials(out_dir: str) -> list[str]:
+    """Ids of the trials that Tune's saved experiment state (what `Tuner.restore` reads, in
+    <out_dir>/tune) holds as neither terminated nor failed: after a Ctrl-C Tune saves the running
+    trials as running, but the ResultGrid it returns calls them terminated."""
+    newest = max((Path(out_dir) / TUNE_DIR).glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    trials = [json.loads(trial) for trial, _ in json.loads(newest.read_text())["trial_data"]]
+    return [t["trial_id"] for t in trials if t["status"] not in ("TERMINATED", "ERROR")]
 
 
 def prepare(base: Config, spec: SweepSpec, *, resume: bool) -> Config:

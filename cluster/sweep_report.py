@@ -16,7 +16,8 @@ from pathlib import Path
 
 from tgan.config import Config
 
-TEST_COLUMNS = ("test_map", "test_knn1", "test_knn9", "test_probe")
+TEST_COLUMNS = ("test_map", "test_knn1", "test_knn9", "test_probe", "test_step")
+"""test_step: the step of the checkpoint tested (the trial's best on validation)."""
 
 
 @dataclass
@@ -57,21 +58,23 @@ def collect(results, keys: list[str], metric: str, mode: str, steps: int) -> lis
 
 
 def evaluate_on_test(row: TrialRow, base: Config) -> dict:
-    """The test metrics of a trial's last checkpoint (the final evaluation's first model row); also
+    """The test metrics of a trial's best checkpoint on validation (checkpoints/best, by the spec's
+    metric; the last one if the trial kept none), from the final evaluation's first model row; also
     writes <trial>/eval (eval.json, eval.md). Called once, for the trial selected on validation."""
     from tgan.eval.run import evaluate
     from tgan.train import checkpoint as ckpt
 
-    last = ckpt.latest_checkpoint(row.out_dir)
-    if last is None:
+    chosen = ckpt.best_checkpoint(row.out_dir) or ckpt.latest_checkpoint(row.out_dir)
+    if chosen is None:
         raise FileNotFoundError(f"trial {row.trial}: no checkpoint in {row.out_dir} to evaluate on test")
-    cfg, nets = ckpt.load_networks(last)
+    step = int(ckpt.load_checkpoint(chosen)["step"])
+    cfg, nets = ckpt.load_networks(chosen)
     cfg.eval = base.eval
     table = evaluate(cfg, nets, Path(row.out_dir) / "eval", metrics_path=Path(row.out_dir) / "metrics.jsonl")
     features, scores = next((n, s) for n, s in table["rows"].items() if n.startswith("model "))
     k = str(min(9, table["max_k"]))
     return {"test_map": scores["map"], "test_knn1": scores["knn"]["1"], "test_knn9": scores["knn"][k],
-            "test_probe": scores["probe_accuracy"], "test_features": features}
+            "test_probe": scores["probe_accuracy"], "test_step": step, "test_features": features}
 
 
 def _val_columns(rows: list[TrialRow]) -> list[str]:
@@ -100,7 +103,8 @@ def _cell(value) -> str:
 def markdown(rows: list[TrialRow], keys: list[str], metric: str) -> str:
     """The trials best first; validation metrics in %, the test columns filled for the best trial."""
     vals = _val_columns(rows)
-    head = ["trial", *keys, "steps", "stopped early", *vals, "test mAP", "test 1-NN", "test 9-NN", "test probe"]
+    head = ["trial", *keys, "steps", "stopped early", *vals, "test mAP", "test 1-NN", "test 9-NN", "test probe",
+            "tested step"]
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
     for r in rows:
         if r.error:
@@ -109,7 +113,7 @@ def markdown(rows: list[TrialRow], keys: list[str], metric: str) -> str:
             pct = (lambda v: "" if v in ("", None) else f"{100 * float(v):.2f}")
             cells = [r.trial, *(_cell(r.point[k]) for k in keys), str(r.metrics.get("step", 0)),
                      "yes" if r.stopped_early else "no", *(pct(r.metrics.get(v)) for v in vals),
-                     *(pct(r.test.get(t)) for t in TEST_COLUMNS)]
+                     *(pct(r.test.get(t)) for t in TEST_COLUMNS[:-1]), _cell(r.test.get("test_step"))]
         lines.append("| " + " | ".join(cells) + " |")
     return f"Ranked by the last {metric} (validation split); test columns: the selected trial only.\n\n" + \
         "\n".join(lines) + "\n"

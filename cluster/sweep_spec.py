@@ -76,8 +76,9 @@ class SweepSpec:
 
     @property
     def overrides(self) -> list[str]:
-        """The spec's `set` and `resources` as --set items (JSON values are YAML)."""
-        fixed = {**self.set, **{f"cluster.{k}": v for k, v in self.resources.items()}}
+        """The spec's `set` and `resources` as --set items (JSON values are YAML); each trial keeps its
+        best checkpoint by the spec's metric (eval.best_metric), which the selected trial is tested with."""
+        fixed = {"eval.best_metric": self.metric, **self.set, **{f"cluster.{k}": v for k, v in self.resources.items()}}
         return [f"{key}={json.dumps(value)}" for key, value in fixed.items()]
 
 

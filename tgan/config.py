@@ -302,6 +302,10 @@ class EvalConfig:
     reports the result; also at the last step. 0 = off."""
     gallery_size: int = 1000
     """Training examples (stratified, never validation ones) in the live-validation gallery."""
+    best_metric: str = "val/map"
+    """With live validation on: the validation metric (higher is better, as every val/* is) that picks
+    the run's best checkpoint, kept as <out_dir>/checkpoints/best (best.json beside it: step and value).
+    A validation step that beats the best so far also writes a checkpoint. Sweeps set it to their metric."""
     live_probe: bool = False
     """Also fit the linear probe (eval.probe) on the gallery and report its validation accuracy as val/probe
     (seconds per evaluation on CPU, so off by default)."""

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from tgan.config import load_config
+from tgan.config import ConfigError, load_config
 from tgan.data.streams import build_streams
 from tgan.eval.metrics import retrieval_metrics
 from tgan.eval.validation import validation_keys
 from tgan.families import get_family
-from tgan.train.checkpoint import load_networks
+from tgan.train.checkpoint import list_checkpoints, load_checkpoint, load_networks
 from tgan.train.loop import train
 
 DEBUG = Path(__file__).resolve().parents[2] / "launch" / "recipes" / "debug.yaml"
@@ -47,3 +47,25 @@ def test_validation_metrics_come_every_eval_every_steps_and_leave_training_as_it
     _, plain = _run(debug_shards, tmp_path / "plain", "eval.every=0")
     losses = (lambda rs: [{k: v for k, v in r.items() if k.startswith("loss/")} for r in rs])
     assert losses(plain) == losses(rows)
+
+
+def test_the_best_checkpoint_on_validation_is_kept_across_a_restart(debug_shards, tmp_path):
+    out = tmp_path / "best"
+    keep = ["eval.every=1", "eval.best_metric=val/knn1", "train.keep_checkpoints=1"]
+    _run(debug_shards, out, *keep)
+    _, rows = _run(debug_shards, out, *keep, "train.steps=6")  # continues the run to step 6
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    values = [r["val/knn1"] for r in rows]
+    best = json.loads((out / "checkpoints" / "best.json").read_text())
+    # The first step with the highest value over both starts: the restart compared against the first
+    # start's best, not against nothing. Only steps 3 and 6 are regular checkpoints (the last of each start).
+    assert best == {"step": values.index(max(values)) + 1, "metric": "val/knn1", "value": max(values)}
+    assert load_checkpoint(out / "checkpoints" / "best")["step"] == best["step"]
+    assert [p.name for p in list_checkpoints(out)] == ["step_00000006"]  # keep_checkpoints ignores best
+
+
+def test_a_best_metric_that_validation_does_not_produce_is_refused_before_the_run(debug_shards, tmp_path):
+    with pytest.raises(ConfigError, match=r"eval.best_metric='val/probe' .* val/map, val/knn1, val/knn5 "
+                                          r"\(val/probe needs eval.live_probe=true\)"):
+        _run(debug_shards, tmp_path / "bad", "eval.every=1", "eval.best_metric=val/probe")
+    assert not (tmp_path / "bad").exists()

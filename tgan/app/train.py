@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so that --dry-run and config errors need neither the data nor the model code.
     from tgan import runinfo
     from tgan.eval.run import evaluate, evaluated_files, report_text
+    from tgan.train.checkpoint import best_checkpoint, read_best
     from tgan.train.loop import USER_ERRORS, train
 
     out = Path(cfg.train.out_dir)
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = runinfo.record_phase(out, "evaluation", table["seconds"]) if table is not None else runinfo.load(out)
     shown = {k: round(v, 4) for k, v in result.scalars.items() if k.startswith(("loss/", "perf/images"))}
     print(f"done: {result.step} steps, checkpoint {result.checkpoint}, last {shown}")
+    if (best := read_best(out)) is not None:
+        print(f"best checkpoint on validation ({best['metric']} {best['value']:.4f} at step {best['step']}): "
+              f"{best_checkpoint(out)}")
     print(f"run: {runinfo.describe(summary)} ({out / runinfo.RUN_JSON})")
     if table is not None:
         print(f"evaluation: {out / 'eval'} ({evaluated_files(table)}; open index.html)")

@@ -18,7 +18,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from tgan import dist
-from tgan.config import Config
+from tgan.config import Config, ConfigError
 from tgan.data.codec import to_float
 from tgan.eval.metrics import retrieval_metrics
 from tgan.eval.probe import linear_probe
@@ -35,6 +35,15 @@ def validation_keys(cfg: Config) -> list[str]:
     if cfg.eval.live_probe:
         keys.append("val/probe")
     return keys + ["perf/validation_s"]
+
+
+def check_best_metric(cfg: Config) -> None:
+    """Refuse an eval.best_metric that live validation does not produce, before a run starts."""
+    metrics = [k for k in validation_keys(cfg) if k.startswith("val/")]
+    if metrics and cfg.eval.best_metric not in metrics:
+        raise ConfigError(f"eval.best_metric={cfg.eval.best_metric!r} is not a live validation metric of this run: "
+                          f"use one of {', '.join(metrics)}" + ("" if cfg.eval.live_probe else
+                                                                " (val/probe needs eval.live_probe=true)"))
 
 
 class LiveValidation:

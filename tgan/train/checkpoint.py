@@ -72,6 +72,42 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+BEST = "best"
+"""<out_dir>/checkpoints/best: a copy of the checkpoint with the best live validation metric
+(eval.best_metric), described by best.json beside it; list_checkpoints and resume never pick it."""
+
+
+def read_best(out_dir: str | Path) -> dict[str, Any] | None:
+    """{"step", "metric", "value"} of the run's best checkpoint, or None when it has none (yet)."""
+    file = checkpoint_dir(out_dir) / f"{BEST}.json"
+    if not file.is_file() or not (checkpoint_dir(out_dir) / BEST).is_dir():
+        return None
+    return json.loads(file.read_text())
+
+
+def best_checkpoint(out_dir: str | Path) -> Path | None:
+    """The run's best checkpoint on validation, or None."""
+    return checkpoint_dir(out_dir) / BEST if read_best(out_dir) is not None else None
+
+
+def keep_best(out_dir: str | Path, source: Path, record: dict[str, Any]) -> Path:
+    """Rank 0: make a copy of the checkpoint `source` the run's best, `record` its best.json. The old
+    best is replaced only once the copy is complete, so a run killed meanwhile leaves a complete best
+    checkpoint (best.json, written last, may then still describe the previous one; state.pt's step
+    is the truth)."""
+    root = checkpoint_dir(out_dir)
+    best, tmp, old = root / BEST, root / f".tmp_{BEST}", root / f".old_{BEST}"
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    if best.exists():
+        best.rename(old)
+    tmp.rename(best)
+    shutil.rmtree(old, ignore_errors=True)
+    (root / f"{BEST}.json").write_text(json.dumps(record) + "\n")
+    return best
+
+
 def rng_state() -> dict[str, Any]:
     """This process's RNG states as tensors and plain data (numpy's key array becomes a tensor)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()

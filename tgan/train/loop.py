@@ -29,7 +29,7 @@ from tgan.config import Config, ConfigError, dump_yaml
 from tgan.data.index import DataError
 from tgan.data.streams import build_streams
 from tgan.eval.metrics import check_gallery
-from tgan.eval.validation import LiveValidation
+from tgan.eval.validation import LiveValidation, check_best_metric
 from tgan.families import get_family
 from tgan.families.base import Group, build_networks
 from tgan.losses.base import Batch, to_floats
@@ -140,14 +140,27 @@ def _nonfinite_tensor(nets: dict[str, nn.Module]) -> str | None:
     return None
 
 
+def _rank0_says(flag: bool, device: torch.device) -> bool:
+    """Rank 0's `flag` on every rank (a decision that only rank 0 can take, taken by all)."""
+    t = torch.tensor([float(flag)], device=device)
+    if dist.is_dist():
+        torch_dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
 def _out_of_time(deadline: float | None, device: torch.device) -> bool:
     """Whether train.time_limit_s has run out, by rank 0's clock, so that every rank stops together."""
-    if deadline is None:
-        return False
-    flag = torch.tensor([float(time.monotonic() >= deadline)], device=device)
-    if dist.is_dist():
-        torch_dist.broadcast(flag, src=0)
-    return bool(flag.item())
+    return deadline is not None and _rank0_says(time.monotonic() >= deadline, device)
+
+
+def _improves_best(out: Path, metric: str, scalars: dict[str, float], device: torch.device) -> bool:
+    """Whether this validation beats the run's best checkpoint (rank 0 reads best.json; a PBT or
+    failure restart keeps the run directory's best, whichever weights it continues from)."""
+    if dist.rank() != 0:
+        return _rank0_says(False, device)
+    best = ckpt.read_best(out)
+    value = scalars[metric]
+    return _rank0_says(math.isfinite(value) and (best is None or value > best["value"]), device)
 
 
 def _maybe_fault(cfg: Config, step: int) -> None:
@@ -211,6 +224,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
                             gallery_size=cfg.eval.gallery_size if cfg.eval.every else 0, device=device)
     index = streams.index
     check_gallery(cfg.eval, index.split("train").count, index.location())  # the evaluation after training
+    check_best_metric(cfg)
     meta = {"channels": index.channels, "image_size": index.image_size, "num_classes": index.num_classes}
     family = get_family(cfg.model.family)
     # Same initial weights on every rank (DDP would broadcast rank 0's anyway; this keeps W=1 and W>1 equal).
@@ -271,6 +285,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
             is_val = validation is not None and validation.due(step, last)
             is_log = step % cfg.train.log_every == 0 or last or give_up or is_val
             is_ckpt = not give_up and (last or (every > 0 and step % every == 0))
+            improved = False
             if not (is_log or is_ckpt):
                 if progress is not None:  # the last reported scalars: reading this step's would wait on the device
                     progress.update(step, shown)
@@ -283,6 +298,8 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
                 scalars.update(validation({n: backend.raw(n) for n in nets}))
                 if progress is not None:
                     progress.update(step, scalars)  # a line with the new validation metrics
+                improved = not give_up and _improves_best(out, cfg.eval.best_metric, scalars, device)
+                is_ckpt = is_ckpt or improved  # the best model must exist as a checkpoint to be kept
             saved_path = None
             if is_ckpt:
                 bad = _nonfinite_tensor({n: backend.raw(n) for n in nets})
@@ -292,6 +309,9 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
                         state={"config": cfg.to_dict(), "meta": meta, "counters": dict(counters),
                                "config_history": history, "nets": {n: backend.raw(n).state_dict() for n in nets}},
                         rank_state={"rng": ckpt.rng_state(), "data": streams.state_dict()})
+                    if improved and rank == 0:
+                        ckpt.keep_best(out, saved_path, {"step": step, "metric": cfg.eval.best_metric,
+                                                         "value": scalars[cfg.eval.best_metric]})
                 elif rank == 0 or bad is not None:
                     print(f"step {step}: checkpoint not written: the weights hold non-finite values "
                           f"({bad or 'on another rank'}); the last finite checkpoint is {last_ckpt}",
