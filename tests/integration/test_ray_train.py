@@ -11,6 +11,7 @@
   (global batch = the one process's batch) every loss and grad norm of both backends equals the
   one-process loop's (1e-5).
 - DeepSpeed run on missing digits shards: rank 0 prepares them while rank 1 waits.
+- data.mode=memory trains on 2 workers.
 """
 import json
 import re
@@ -244,3 +245,12 @@ def test_triplet_family_trains_resumes_and_evaluates_on_two_workers(local_ray, d
     assert half_rows[0]["loss/triplet"] == pytest.approx(one_process_step1_triplet_loss(cfg, batches), rel=1e-5)
     table = evaluate_checkpoint(resumed.checkpoint, tmp_path / "eval")
     assert list(table["rows"]) == ["model E", "random-init E", "raw pixels"]
+
+
+def test_two_workers_train_in_memory_mode(local_ray, debug_cfg, tmp_path):
+    """data.mode=memory: each rank loads its own share of the shards into one tensor, and the debug recipe
+    trains and checkpoints (exact resume in memory mode: tests/unit/test_train_memory_mode.py)."""
+    out = tmp_path / "memory_run"
+    result = run(debug_cfg(out, "data.mode=memory", "cluster.metrics=false"))
+    assert result.step == 4 and Path(result.checkpoint.path).name == "step_00000004"
+    assert [r["step"] for r in _rows(out)] == [1, 2, 3, 4] and all(r["data/corrupt_samples"] == 0 for r in _rows(out))
