@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_data_shards import _corrupt_png, _truncate
-from test_data_streams import N_TRAIN, ids, shards  # noqa: F401 (the keyed shard fixture)
+from test_data_streams import N_TRAIN, _stream, ids, shards  # noqa: F401 (the keyed shard fixture)
 from toy_shards import write_toy_shards
 
 from tgan.config import ConfigError, DataConfig
@@ -39,8 +39,13 @@ def test_an_epoch_over_all_ranks_holds_every_sample_once_and_each_is_repermuted(
     assert sorted(firsts[0] + firsts[1]) == list(range(N_TRAIN))  # every sample once per epoch
     for first, second in zip(firsts, seconds):  # each epoch re-permuted, over the same rank-held set
         assert sorted(first) == sorted(second) and first != second
-    # A stream-mode epoch over all ranks is also every sample once (test_data_streams), so the two modes
-    # train on the same samples per epoch; which rank holds which sample, and the order, differ.
+    # Stream mode's first epoch over the same 2 ranks holds the same samples; which rank reads which
+    # sample, and the order, differ (memory mode keeps shards r, r+2, ... on rank r; the stream re-deals
+    # the shards every epoch).
+    streamed = [ids(x) for r in range(2) for x, _, _ in _stream(shards, batch_size=16, seed=3, rank=r, world_size=2,
+                                                                 shuffle_buffer=30, epochs=1)]
+    assert sorted(sum(streamed, [])) == sorted(firsts[0] + firsts[1])
+    assert sum(streamed, [])[:16] != firsts[0][:16]
 
 
 @pytest.mark.parametrize("augment_name,num_workers,stops", [("none", 0, (3, 9)), ("crop_flip", 2, (9,))])
