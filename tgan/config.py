@@ -319,6 +319,10 @@ class EvalConfig:
     inception_weights: str = ""
     """Path of torch-fidelity's Inception weights (weights-inception-2015-12-05-6726825d.pth) for the
     standard FID/KID; empty = classifier features only. Nothing is downloaded at run time."""
+    baseline: str = ""
+    """A run directory (or one of its checkpoints) whose trained features the table shows beside this
+    model's, scored on the same images: e.g. runs/digits_triplet, the triplet-only baseline of
+    digits_tribigan.yaml. Its last checkpoint must exist when training starts; empty = none."""
 
     def __post_init__(self) -> None:
         _check(self.max_k >= 1, "eval.max_k", self.max_k, "an integer >= 1")

@@ -79,6 +79,20 @@ def test_invalid_value_exits_non_zero_with_the_config_error():
     assert proc.returncode != 0 and "nope.yaml does not exist" in proc.stderr
 
 
+def test_a_baseline_run_without_a_checkpoint_is_refused_before_training(tmp_path):
+    proc = run_cli("--config", str(RECIPES / "debug.yaml"), "--dry-run", "--set", f"eval.baseline={tmp_path}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: eval.baseline={str(tmp_path)!r} holds no checkpoint: train "
+                                                "that run first (its recipe's train.out_dir, e.g. launch/recipes/"
+                                                "digits_triplet.yaml) or set eval.baseline=''"]
+
+
+def test_main_recipe_shows_its_triplet_only_baseline_trained_the_same_way():
+    main, base = recipe("digits_tribigan"), recipe("digits_triplet")
+    assert main.eval.baseline == base.train.out_dir and base.model.family == "triplet"
+    assert (main.data, main.train.steps, main.optim) == (base.data, base.train.steps, base.optim)
+
+
 # Training-set sizes of the torchvision datasets (the splits prepare_data.py writes as train).
 TRAIN_IMAGES = {"cifar10": 50_000, "svhn": 73_257, "celeba": 162_770, "fashion-mnist": 60_000}
 

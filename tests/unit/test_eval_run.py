@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tgan.config import load_config
+from tgan.config import ConfigError, load_config
 from tgan.eval.metrics import retrieval_metrics
 from tgan.eval.pictures import grad_norm_plot
 from tgan.eval.run import EvalData, evaluate, load_eval_data
@@ -152,6 +152,24 @@ def test_grad_norm_plot_skips_null_values_and_a_partial_last_line(tmp_path):
     assert grad_norm_plot(metrics, tmp_path / "a.png", key="grad_norm/G") is None  # no finite point
     metrics.write_text(json.dumps({"step": 1, "grad_norm/G": 0.5}) + "\n" + metrics.read_text())
     assert grad_norm_plot(metrics, tmp_path / "a.png", key="grad_norm/G") == tmp_path / "a.png"
+
+
+def test_baseline_run_is_scored_beside_the_model_as_its_own_evaluation_scores_it(shards, trained, evaluated,
+                                                                                 tmp_path):
+    """eval.baseline (the main recipe's triplet-only row): another run's trained E, on the same images."""
+    cfg, nets, run_dir = trained
+    base_cfg = cfg_for(shards, tmp_path / "triplet", "model.family=triplet")
+    own = evaluate(base_cfg, train(base_cfg).nets, tmp_path / "own")
+    beside = evaluate(cfg_for(shards, run_dir, f"eval.baseline={tmp_path / 'triplet'}"), nets, tmp_path / "beside")
+    assert list(beside["rows"]) == ["model E", "baseline triplet E", "random-init E", "raw pixels"]
+    assert beside["rows"]["baseline triplet E"] == own["rows"]["model E"]
+    assert beside["rows"]["model E"] == evaluated[0]["rows"]["model E"]
+    assert "| baseline triplet E | 16 |" in (tmp_path / "beside" / "eval.md").read_text()
+
+    from tgan.eval.run import baseline_features
+    other = cfg_for(shards, run_dir, f"eval.baseline={tmp_path / 'triplet'}", "data.dataset=fashion-mnist")
+    with pytest.raises(ConfigError, match=r"eval.baseline=.* is a run on digits at 16 px: expected fashion-mnist"):
+        baseline_features(other, load_eval_data(other), torch.device("cpu"))
 
 
 def test_cli_evaluates_the_newest_checkpoint_of_a_run_and_prints_the_table(trained, tmp_path, capsys):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tgan.config import ConfigError, apply_overrides, dump_yaml, parse_overrides
 from tgan.data.index import DataError
-from tgan.train.checkpoint import MANIFEST, CheckpointError, latest_checkpoint, load_networks
+from tgan.train.checkpoint import CheckpointError, find_checkpoint, load_networks
 
 # The networks come from the checkpoint, so only what reads data or scores features may change;
 # train.seed stays, because it defines the random-init baseline (the run's own initial weights).
@@ -27,9 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    if (path / MANIFEST).is_file() or (path / "state.pt").is_file():
-        return path
-    newest = latest_checkpoint(path)
+    newest = find_checkpoint(path)
     if newest is None:
         raise FileNotFoundError(f"{path} is neither a checkpoint directory (no state.pt) nor a run directory "
                                 "with checkpoints/step_* in it")

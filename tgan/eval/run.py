@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from tgan import dist
-from tgan.config import Config
+from tgan.config import Config, ConfigError
 from tgan.data.index import load_index
 from tgan.data.streams import load_split
 from tgan.eval.generation import generation_metrics
@@ -24,6 +24,7 @@ from tgan.eval.report import write_report
 from tgan.families import get_family
 from tgan.families.base import Family, PictureInputs, build_networks
 from tgan.progress import Progress
+from tgan.train.checkpoint import baseline_checkpoint, load_networks
 
 TABLE_K = 9
 """The table shows 1-NN and 9-NN (the authors' choices); eval.json has every k up to eval.max_k."""
@@ -61,16 +62,36 @@ def _fork_rng(device: torch.device):
 
 
 def feature_sets(family: Family, nets: dict[str, nn.Module], random_nets: dict[str, nn.Module],
-                 data: EvalData) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Row name -> (training features, test features): every feature of the model, the same for the
-    random-init networks, and the raw pixels."""
+                 data: EvalData, baseline: dict | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Row name -> (training features, test features): every feature of the model, the baseline run's
+    rows beside them (baseline_features), the same features of the random-init networks, and the raw pixels."""
     rows = {}
     for label, these in (("model", nets), ("random-init", random_nets)):
         train, test = family.features(these, data.train_x), family.features(these, data.test_x)
         for key in train:
             rows[f"{label} {key}"] = (train[key], test[key])
+        if label == "model":
+            rows.update(baseline or {})
     rows["raw pixels"] = (data.train_x.flatten(1), data.test_x.flatten(1))
     return rows
+
+
+def baseline_features(cfg: Config, data: EvalData, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Row name -> (training features, test features) of the eval.baseline run's trained networks (its
+    own family and config), on the images this model is scored on; empty without a baseline."""
+    checkpoint = baseline_checkpoint(cfg)
+    if checkpoint is None:
+        return {}
+    saved, nets = load_networks(checkpoint)
+    if (saved.data.dataset, saved.data.image_size) != (cfg.data.dataset, cfg.data.image_size):
+        raise ConfigError(f"eval.baseline={cfg.eval.baseline!r} is a run on {saved.data.dataset} at "
+                          f"{saved.data.image_size} px: expected {cfg.data.dataset} at {cfg.data.image_size} px, "
+                          "the images this model is scored on")
+    for net in nets.values():
+        net.to(device)
+    family = get_family(saved.model.family)
+    train, test = family.features(nets, data.train_x), family.features(nets, data.test_x)
+    return {f"baseline {saved.model.family} {key}": (train[key], test[key]) for key in train}
 
 
 def score(train_f: torch.Tensor, test_f: torch.Tensor, data: EvalData, cfg: Config,
@@ -173,7 +194,7 @@ def evaluate(cfg: Config, nets: dict[str, nn.Module], out_dir: str | Path, *, da
         for net in random_nets.values():
             net.to(_device(nets))
         progress.update(1, note=f"features of {len(data.train_y)} training and {len(data.test_y)} test images")
-        features = feature_sets(family, nets, random_nets, data)
+        features = feature_sets(family, nets, random_nets, data, baseline_features(cfg, data, _device(nets)))
         progress.update(2, note=f"k-NN, mAP and {cfg.eval.probe} probe of {', '.join(features)}")
         for name, (train_f, test_f) in features.items():
             # The distance ranking runs where the networks do: seconds on a GPU for 10k x 60k.

@@ -108,6 +108,27 @@ def keep_best(out_dir: str | Path, source: Path, record: dict[str, Any]) -> Path
     return best
 
 
+def find_checkpoint(path: str | Path) -> Path | None:
+    """`path` when it is a checkpoint directory, else the newest checkpoint of the run directory `path`
+    (None when it is neither)."""
+    path = Path(path)
+    if (path / MANIFEST).is_file() or (path / "state.pt").is_file():
+        return path
+    return latest_checkpoint(path)
+
+
+def baseline_checkpoint(cfg: Config) -> Path | None:
+    """The checkpoint eval.baseline names (None when unset). Checked before training starts, so that a
+    run never learns at its last line that its comparison row cannot be made."""
+    if not cfg.eval.baseline:
+        return None
+    found = find_checkpoint(cfg.eval.baseline)
+    if found is None:
+        raise ConfigError(f"eval.baseline={cfg.eval.baseline!r} holds no checkpoint: train that run first (its "
+                          "recipe's train.out_dir, e.g. launch/recipes/digits_triplet.yaml) or set eval.baseline=''")
+    return found
+
+
 def rng_state() -> dict[str, Any]:
     """This process's RNG states as tensors and plain data (numpy's key array becomes a tensor)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
