@@ -309,6 +309,11 @@ class EvalConfig:
     live_probe: bool = False
     """Also fit the linear probe (eval.probe) on the gallery and report its validation accuracy as val/probe
     (seconds per evaluation on CPU, so off by default)."""
+    live_fid_samples: int = 0
+    """Live validation also scores this many samples of G against as many validation images with the
+    offline FID/KID (dataset-classifier features, trained and cached on first use), as val/fid and
+    val/kid: generation quality for model selection. Families with a generator on data with classes;
+    0 = off. A few hundred cost well under a second per validation on a CPU."""
     fid_samples: int = 2000
     """FID and KID of this many samples of G against as many test images (fewer when the test split is
     smaller), in the feature space of tgan's dataset classifier and, with inception_weights, of
@@ -333,6 +338,8 @@ class EvalConfig:
         _check(self.probe in PROBES, "eval.probe", self.probe, _one_of(PROBES))
         _check(self.fid_samples == 0 or self.fid_samples >= 2, "eval.fid_samples", self.fid_samples,
                "0 (off) or an integer >= 2")
+        _check(self.live_fid_samples == 0 or self.live_fid_samples >= 2, "eval.live_fid_samples",
+               self.live_fid_samples, "0 (off) or an integer >= 2")
         _check(self.classifier_steps >= 1, "eval.classifier_steps", self.classifier_steps, "an integer >= 1")
         if self.inception_weights and not Path(self.inception_weights).is_file():
             raise ConfigError(f"eval.inception_weights={self.inception_weights!r} does not exist: {INCEPTION_HINT}")
@@ -396,6 +403,10 @@ class Config:
                "0 unless data.validation_size > 0 (live validation needs a validation split)")
         _check(self.train.precision == "fp32" or self.cluster.backend != "deepspeed", "train.precision",
                self.train.precision, "fp32 with cluster.backend=deepspeed (set bf16/fp16 in cluster.deepspeed)")
+        _check(self.eval.live_fid_samples == 0 or (self.eval.every > 0 and get_family(self.model.family).generator),
+               "eval.live_fid_samples", self.eval.live_fid_samples,
+               f"0 unless eval.every > 0 and model.family has a generator ({self.model.family} with eval.every="
+               f"{self.eval.every})")
         get_family(self.model.family).check(self)  # what only the family knows (labels, conditional, ...)
 
     def to_dict(self) -> dict:

@@ -113,7 +113,18 @@ def test_inception_weights_refuse_a_file_that_is_not_the_state_dict(tmp_path):
     ("eval.fid_samples", -1, "0 (off) or an integer >= 2"),
     ("eval.fid_samples", 1, "0 (off) or an integer >= 2"),
     ("eval.classifier_steps", 0, "an integer >= 1"),
+    ("eval.live_fid_samples", 1, "0 (off) or an integer >= 2"),
 ])
 def test_generation_fields_are_validated(field, value, expected):
     with pytest.raises(ConfigError, match=re.escape(f"{field}={value} is invalid: expected {expected}")):
         load_config(DEBUG, [f"{field}={value}"])
+
+
+@pytest.mark.parametrize("overrides, why", [
+    (["model.family=triplet"], "(triplet with eval.every=2)"),  # no generator
+    (["eval.every=0"], "(tribigan with eval.every=0)"),  # no live validation
+])
+def test_live_fid_needs_live_validation_and_a_generator(overrides, why):
+    with pytest.raises(ConfigError, match=re.escape(f"eval.live_fid_samples=50 is invalid: expected 0 unless "
+                                                    f"eval.every > 0 and model.family has a generator {why}")):
+        load_config(DEBUG, ["data.validation_size=100", "eval.every=2", "eval.live_fid_samples=50", *overrides])

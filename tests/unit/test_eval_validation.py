@@ -69,3 +69,19 @@ def test_a_best_metric_that_validation_does_not_produce_is_refused_before_the_ru
                                           r"\(val/probe needs eval.live_probe=true\)"):
         _run(debug_shards, tmp_path / "bad", "eval.every=1", "eval.best_metric=val/probe")
     assert not (tmp_path / "bad").exists()
+
+
+def test_live_fid_is_the_offline_generation_metric_of_g_on_the_validation_split(debug_shards, tmp_path):
+    from tgan.eval.generation import generation_metrics
+
+    cfg, rows = _run(debug_shards, tmp_path / "fid", "eval.every=3", "eval.live_fid_samples=40")
+    assert validation_keys(cfg) == ["val/map", "val/knn1", "val/knn5", "val/fid", "val/kid", "perf/validation_s"]
+    last = rows[-1]
+    cfg_saved, nets = load_networks(tmp_path / "fid" / "checkpoints" / "step_00000003")
+    streams = build_streams(cfg.data, rank=0, world_size=1, seed=0, gallery_size=cfg.eval.gallery_size)
+    family = get_family(cfg.model.family)
+    gen = generation_metrics(cfg, nets["G"], streams.validation.images.float() / 127.5 - 1.0,
+                             sample_z=family.sample_z, num_samples=40)
+    assert gen["samples"] == 40 and last["val/fid"] > 0
+    assert last["val/fid"] == pytest.approx(gen["fid_classifier"], rel=1e-4)
+    assert last["val/kid"] == pytest.approx(gen["kid_classifier"], rel=1e-4, abs=1e-6)

@@ -207,12 +207,12 @@ def _named(scores: dict[str, float], space: str) -> dict[str, float]:
 
 
 def generation_metrics(cfg: Config, G: nn.Module, real: torch.Tensor, *, sample_z,
-                       num_samples: int | None = None) -> dict[str, float]:
+                       num_samples: int | None = None, inception: bool = True) -> dict[str, float]:
     """FID/KID of `num_samples` (default eval.fid_samples) samples of G against `real` images in [-1, 1].
 
     Keys: fid_classifier, kid_classifier, kid_classifier_std and classifier_test_accuracy (when the
     dataset has classes), fid_inception, kid_inception, kid_inception_std (when eval.inception_weights
-    is set), samples. `sample_z(n, latent_dim, device=)` is the family's prior. Only the first
+    is set and `inception`), samples. `sample_z(n, latent_dim, device=)` is the family's prior. Only the first
     `num_samples` real images are used, so both sets have the same size: FID is biased by the sample
     size, so compare numbers of the same size. For live validation pass the validation images.
     """
@@ -228,7 +228,7 @@ def generation_metrics(cfg: Config, G: nn.Module, real: torch.Tensor, *, sample_
         out.update(_named(fid_kid(_batched(net.features, real, device), _batched(net.features, fake, device)),
                           "classifier"))
         out["classifier_test_accuracy"] = accuracy
-    if cfg.eval.inception_weights:
+    if cfg.eval.inception_weights and inception:
         net = inception_features(cfg.eval.inception_weights).to(device)
         out.update(_named(fid_kid(_batched(net, real, device), _batched(net, fake, device)), "inception"))
     return out

@@ -5,7 +5,9 @@ Every eval.every steps (and at the last step) rank 0 embeds the validation split
 fixed, stratified gallery of eval.gallery_size training examples with the family's first feature set
 (bigan/tribigan E(x), mbgan D(x), dcgan pooled D activations: the first row of the final evaluation),
 ranks the queries against the gallery (k-NN accuracy and mAP, tgan.eval.metrics) and, with
-eval.live_probe, fits the linear probe on the gallery and scores it on the queries. The values are
+eval.live_probe, fits the linear probe on the gallery and scores it on the queries; with
+eval.live_fid_samples, scores that many samples of G against the validation images with the offline
+FID/KID (tgan.eval.generation, dataset-classifier features). The values are
 broadcast, so every rank returns the same keys and values: Ray Train's report is collective, and
 the loop's reporter hands the same dict to Tune and Prometheus on every rank.
 """
@@ -20,6 +22,7 @@ from torch import nn
 from tgan import dist
 from tgan.config import Config, ConfigError
 from tgan.data.codec import to_float
+from tgan.eval.generation import dataset_classifier, generation_metrics
 from tgan.eval.metrics import retrieval_metrics
 from tgan.eval.probe import linear_probe
 
@@ -34,6 +37,8 @@ def validation_keys(cfg: Config) -> list[str]:
     keys = ["val/map", "val/knn1", f"val/knn{min(TABLE_K, cfg.eval.max_k)}"]
     if cfg.eval.live_probe:
         keys.append("val/probe")
+    if cfg.eval.live_fid_samples:
+        keys += ["val/fid", "val/kid"]
     return keys + ["perf/validation_s"]
 
 
@@ -59,6 +64,8 @@ class LiveValidation:
         if dist.rank() == 0:
             self.query_x = to_float(self.queries.images).to(device)
             self.gallery_x = to_float(self.gallery.images).to(device)
+            if cfg.eval.live_fid_samples:
+                dataset_classifier(cfg)  # trained (or read from its cache) now, not inside a training step's timing
 
     def due(self, step: int, last: bool) -> bool:
         return step % self.cfg.eval.every == 0 or last
@@ -87,4 +94,9 @@ class LiveValidation:
         if self.cfg.eval.live_probe:
             out["val/probe"] = linear_probe(gallery[name], self.gallery.labels, queries, self.queries.labels,
                                             kind=self.cfg.eval.probe, seed=self.cfg.train.seed)["accuracy"]
+        if self.cfg.eval.live_fid_samples:
+            # Classifier features only: Inception on every validation would cost more than the training.
+            gen = generation_metrics(self.cfg, nets[self.family.generator], self.query_x, sample_z=self.family.sample_z,
+                                     num_samples=self.cfg.eval.live_fid_samples, inception=False)
+            out.update({"val/fid": gen["fid_classifier"], "val/kid": gen["kid_classifier"]})
         return out
