@@ -1,7 +1,8 @@
 """Choose the digits main recipe's settings on the VALIDATION split (benchmarks/results/main_job.md).
 
     python benchmarks/main_job_select.py --steps 800 --every 100 --parallel 15 \
-        --run "tri50_s1|data.labels_per_class=50 train.seed=1" --run "trip50_s1|data.labels_per_class=50 model.family=triplet train.seed=1"
+        --run "tri50_s1|data.labels_per_class=50 train.seed=1" \
+        --run "trip50_s1|data.labels_per_class=50 model.family=triplet train.seed=1"
     python benchmarks/main_job_select.py --baselines      # raw pixels and random-init E on the same split
 
 Every --run is the main recipe (launch/recipes/digits_tribigan.yaml) on the one-process path

@@ -303,7 +303,7 @@ class EvalConfig:
     gallery_size: int = 1000
     """Training examples (stratified, never validation ones) in the live-validation gallery."""
     best_metric: str = "val/map"
-    """With live validation on: the validation metric (higher is better, as every val/* is) that picks
+    """With live validation on: the validation metric (the highest wins; the lowest for val/fid and val/kid) that picks
     the run's best checkpoint, kept as <out_dir>/checkpoints/best (best.json beside it: step and value).
     A validation step that beats the best so far also writes a checkpoint. Sweeps set it to their metric."""
     live_probe: bool = False

@@ -85,3 +85,10 @@ def test_live_fid_is_the_offline_generation_metric_of_g_on_the_validation_split(
     assert gen["samples"] == 40 and last["val/fid"] > 0
     assert last["val/fid"] == pytest.approx(gen["fid_classifier"], rel=1e-4)
     assert last["val/kid"] == pytest.approx(gen["kid_classifier"], rel=1e-4, abs=1e-6)
+
+    # FID is better when lower: the best checkpoint on val/fid is the step with the lowest.
+    cfg, rows = _run(debug_shards, tmp_path / "best_fid", "eval.every=1", "eval.live_fid_samples=40",
+                     "eval.best_metric=val/fid")
+    values = [r["val/fid"] for r in rows]
+    best = json.loads((tmp_path / "best_fid" / "checkpoints" / "best.json").read_text())
+    assert best == {"step": values.index(min(values)) + 1, "metric": "val/fid", "value": min(values)}

@@ -76,7 +76,8 @@ def feature_sets(family: Family, nets: dict[str, nn.Module], random_nets: dict[s
     return rows
 
 
-def baseline_features(cfg: Config, data: EvalData, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def baseline_features(cfg: Config, data: EvalData,
+                      device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Row name -> (training features, test features) of the eval.baseline run's trained networks (its
     own family and config), on the images this model is scored on; empty without a baseline."""
     checkpoint = baseline_checkpoint(cfg)

@@ -28,6 +28,8 @@ from tgan.eval.probe import linear_probe
 
 TABLE_K = 9
 """Besides 1-NN, k-NN at k = min(9, eval.max_k), like the final evaluation table."""
+LOWER_IS_BETTER = ("val/fid", "val/kid")
+"""The generation metrics; every other val/* is better when higher (the best checkpoint follows this)."""
 
 
 def validation_keys(cfg: Config) -> list[str]:

@@ -29,7 +29,7 @@ from tgan.config import Config, ConfigError, dump_yaml
 from tgan.data.index import DataError
 from tgan.data.streams import build_streams
 from tgan.eval.metrics import check_gallery
-from tgan.eval.validation import LiveValidation, check_best_metric
+from tgan.eval.validation import LOWER_IS_BETTER, LiveValidation, check_best_metric
 from tgan.families import get_family
 from tgan.families.base import Group, build_networks
 from tgan.losses.base import Batch, to_floats
@@ -160,7 +160,8 @@ def _improves_best(out: Path, metric: str, scalars: dict[str, float], device: to
         return _rank0_says(False, device)
     best = ckpt.read_best(out)
     value = scalars[metric]
-    return _rank0_says(math.isfinite(value) and (best is None or value > best["value"]), device)
+    better = (lambda a, b: a < b) if metric in LOWER_IS_BETTER else (lambda a, b: a > b)
+    return _rank0_says(math.isfinite(value) and (best is None or better(value, best["value"])), device)
 
 
 def _maybe_fault(cfg: Config, step: int) -> None:
