@@ -49,8 +49,8 @@ def test_an_epoch_over_all_ranks_holds_every_sample_once_and_each_is_repermuted(
 
 
 @pytest.mark.parametrize("augment_name,num_workers,stops", [("none", 0, (3, 9)), ("crop_flip", 2, (9,))])
-def test_resume_continues_with_exactly_the_batches_of_the_uninterrupted_run(shards, augment_name, num_workers,  # noqa: F811
-                                                                            stops):
+def test_resume_continues_with_exactly_the_batches_of_the_uninterrupted_run(shards, augment_name,  # noqa: F811
+                                                                            num_workers, stops):
     cfg = _cfg(shards, augment=augment_name, num_workers=num_workers)  # the workers decode the shards at start-up
     full = build_streams(cfg, rank=1, world_size=2, seed=7)
     reference = [(next(full.unlabelled), next(full.labelled)) for _ in range(20)]
@@ -98,6 +98,15 @@ def test_unreadable_samples_are_skipped_and_counted_at_load(tmp_path):
     assert streams.corrupt_samples > 1  # the truncated shard's lost samples plus the broken PNG
     assert len(streams.unlabelled.images) == 60 - streams.corrupt_samples
     assert streams.state_dict()["corrupt_samples"] == streams.corrupt_samples
+
+
+def test_a_rank_whose_shards_are_all_unreadable_fails_naming_them(tmp_path):
+    toy = write_toy_shards(tmp_path / "toy", [20, 20])
+    for path in toy.glob("train-*.tar"):
+        _truncate(path, 0.0)
+    with pytest.raises(DataError, match=r"rank 0 found no usable sample in its shards \[.*train-000000.tar"):
+        build_streams(_cfg(toy, verify_checksums=False, labelled_batch_size=0, labelled_fraction=None),
+                      rank=0, world_size=1, seed=0)
 
 
 def test_a_share_that_does_not_fit_is_refused_in_one_line(shards):  # noqa: F811

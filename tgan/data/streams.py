@@ -161,8 +161,8 @@ def _decode_held(key: str, shard: int, png: bytes, index: DatasetIndex) -> torch
 
 
 class Streams:
-    def __init__(self, index: DatasetIndex, unlabelled: UnlabelledStream | MemoryStream, labelled: LabelledStream | None,
-                 layout: dict, validation: Held | None = None, gallery: Held | None = None):
+    def __init__(self, index: DatasetIndex, unlabelled: UnlabelledStream | MemoryStream,
+                 labelled: LabelledStream | None, layout: dict, validation: Held | None = None, gallery: Held | None = None):
         self.index, self.unlabelled, self.labelled = index, unlabelled, labelled
         self.validation, self.gallery = validation, gallery
         """The held-out validation split and the live-validation gallery (None when not asked for)."""
@@ -270,8 +270,8 @@ def _load_rank_share(cfg: DataConfig, index: DatasetIndex, exclude: dict[int, fr
         images[filled:filled + len(x)], labels[filled:filled + len(y)] = x, y
         filled, skipped = filled + len(x), skipped + lost
     if filled == 0:
-        raise DataError(f"rank {rank} found no usable sample in its shards {[index.shard_path(shards[i]) for i in mine]}"
-                        "; rerun launch/prepare_data.py")
+        paths = [index.shard_path(shards[i]) for i in mine]
+        raise DataError(f"rank {rank} found no usable sample in its shards {paths}; rerun launch/prepare_data.py")
     log.info("data.mode=memory: rank %d holds %d training images (%.1f MB) on %s", rank, filled,
              filled * (math.prod(shape) + 8) / 1e6, device)
     return MemoryStream(images[:filled].to(device), labels[:filled], batch_size=cfg.batch_size,
