@@ -169,10 +169,12 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, *, seed: int = 0) -> dict[st
     n = min(real.shape[0], fake.shape[0])
     if n < 2:
         raise ValueError(f"FID/KID need at least 2 real and 2 generated images, got {real.shape[0]} and {fake.shape[0]}")
-    fid = FrechetInceptionDistance(feature=_Given(real.shape[1]))
+    # sync_on_compute=False: live validation calls this on rank 0 alone inside a process group, where
+    # torchmetrics' default all-gather at compute() would wait forever for the other ranks.
+    fid = FrechetInceptionDistance(feature=_Given(real.shape[1]), sync_on_compute=False)
     with warnings.catch_warnings():  # "KID keeps all features in a buffer": they are what we hand it
         warnings.simplefilter("ignore", UserWarning)
-        kid = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=KID_SUBSETS,
+        kid = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=KID_SUBSETS, sync_on_compute=False,
                                       subset_size=min(KID_SUBSET_SIZE, max(2, n // 2)))  # < n: subsets differ
     for metric in (fid, kid):
         metric.update(real.double(), real=True)
