@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     table = evaluate_checkpoint(result.checkpoint, eval_dir)
     summary = runinfo.record_phase(out, "evaluation", table["seconds"])
     print(f"done: {result.step} steps")
-    print(f"checkpoints: {out / 'checkpoints'} (Ray's copy: {result.run_dir}; last {result.checkpoint.path})")
+    print(f"checkpoints: {result.run_dir} (last: {Path(result.checkpoint.path).name})")
     print(f"metrics: {out / 'metrics.jsonl'}; times and machine: {out / runinfo.RUN_JSON}")
     print(f"evaluation: {eval_dir} ({evaluated_files(table)}; open index.html)")
     print(f"run: {runinfo.describe(summary)}")

@@ -10,14 +10,19 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
+import pyarrow.fs
 import ray
+import ray.train
 
 from tgan.config import ClusterConfig
+from tgan.train.checkpoint import checkpoint_step
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONNECT_TIMEOUT_S = 10.0
@@ -218,9 +223,9 @@ def ensure_resources(cfg: ClusterConfig, *, groups: int = 1) -> None:
 
 
 def storage_path(cfg: ClusterConfig, out_dir: str | Path) -> str:
-    """The absolute path or URI for RunConfig(storage_path=...), checked to be writable when local.
+    """The absolute path or URI of the run's Ray storage, checked to be writable when local.
 
-    Empty means <out_dir>/ray. A URI (s3://, gs://, ...) is passed to Ray as is: it is what a
+    Empty means <out_dir>/ray. A URI (s3://, gs://, ...) is passed on as is: it is what a
     multi-node cluster needs, since every node must read the checkpoints the others wrote.
     """
     raw = cfg.storage_path or str(Path(out_dir).resolve() / "ray")
@@ -236,6 +241,58 @@ def storage_path(cfg: ClusterConfig, out_dir: str | Path) -> str:
         raise ClusterError(f"cluster.storage_path={raw!r} is not writable ({e.strerror or e}): "
                            "choose a directory you can write, or a URI such as s3://bucket/runs") from e
     return str(path)
+
+
+def storage_filesystem(storage: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
+    """(storage_path, storage_filesystem) for RunConfig. An s3:// URI with AWS_ENDPOINT_URL set (an
+    S3 API server such as MinIO) gets an explicit S3FileSystem on that endpoint, so the endpoint
+    travels with the run config to Ray's controller and every worker, whatever their environment;
+    credentials still come from each node's own environment or instance role. Anything else is
+    left to Ray (pyarrow resolves the URI)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "").strip()
+    if storage.startswith("s3://") and endpoint:
+        return storage[len("s3://"):].rstrip("/"), pyarrow.fs.S3FileSystem(endpoint_override=endpoint)
+    return storage, None
+
+
+def run_storage(run_dir: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """(file system, path on it) of Ray's run directory, a path or URI."""
+    path, fs = storage_filesystem(run_dir)
+    if fs is not None:
+        return fs, path
+    try:
+        return pyarrow.fs.FileSystem.from_uri(path if "://" in path else str(Path(path).resolve()))
+    except (OSError, ValueError) as e:  # pyarrow: ArrowInvalid (a ValueError) for a URI it cannot use
+        raise ClusterError(f"cluster.storage_path: cannot use {run_dir} ({e}); expected an absolute path or a URI "
+                           "such as s3://bucket/runs") from e
+
+
+def stored_steps(fs: pyarrow.fs.FileSystem, path: str) -> list[str]:
+    """The checkpoint directories (step_N) in Ray's run directory `path`, newest first; none when it
+    does not exist yet."""
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    except OSError as e:
+        raise ClusterError(f"cluster.storage_path: cannot list {path} ({e}); check the URI and the storage "
+                           "credentials (AWS_* environment variables for s3://)") from e
+    names = [e.base_name for e in entries if e.type == pyarrow.fs.FileType.Directory
+             and checkpoint_step(Path(e.base_name)) is not None]
+    return sorted(names, key=lambda n: checkpoint_step(Path(n)), reverse=True)
+
+
+def fetched(fs: pyarrow.fs.FileSystem, parent: str, names: list[str]) -> Iterator[Path]:
+    """Each checkpoint `parent/name` as a local directory named like it, one at a time and only when
+    the caller asks for the next (tgan.train.resume falls back to it when the one before cannot be
+    loaded): local storage as it is, anything else downloaded into a temporary directory that
+    lives until the next one is asked for or the iterator is closed."""
+    for name in names:
+        if isinstance(fs, pyarrow.fs.LocalFileSystem):
+            yield Path(parent) / name
+            continue
+        with tempfile.TemporaryDirectory(prefix="tgan_checkpoint_") as tmp:
+            local = Path(tmp) / name
+            ray.train.Checkpoint(f"{parent}/{name}", filesystem=fs).to_directory(str(local))
+            yield local
 
 
 def worker_env(cfg: ClusterConfig) -> dict[str, str]:

@@ -9,10 +9,12 @@
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tgan.config import Config
 
@@ -30,6 +32,8 @@ class TrialRow:
     """(step, selection metric) of every report: the learning curve."""
     error: str | None
     stopped_early: bool
+    checkpoint: Any = None
+    """The trial's last checkpoint reported to Tune (a ray.tune.Checkpoint), or None."""
     test: dict = field(default_factory=dict)
 
     @property
@@ -50,6 +54,7 @@ def collect(results, keys: list[str], metric: str, mode: str, steps: int) -> lis
         done = int(m.get("step", 0))
         rows.append(TrialRow(trial=str(m.get("trial_id") or Path(r.path).name),
                              point={k: r.config.get(k) for k in keys}, metrics=m, curve=curve, error=error,
+                             checkpoint=r.checkpoint,
                              stopped_early=error is None and done < steps))
     # A trial that ASHA stopped was compared at an earlier step: those that ran to the end rank first.
     sign = -1.0 if mode == "max" else 1.0
@@ -59,16 +64,19 @@ def collect(results, keys: list[str], metric: str, mode: str, steps: int) -> lis
 
 def evaluate_on_test(row: TrialRow, base: Config) -> dict:
     """The test metrics of a trial's best checkpoint on validation (checkpoints/best, by the spec's
-    metric; the last one if the trial kept none), from the final evaluation's first model row; also
+    metric; else the last one reported to Tune), from the final evaluation's first model row; also
     writes <trial>/eval (eval.json, eval.md). Called once, for the trial selected on validation."""
     from tgan.eval.run import evaluate
     from tgan.train import checkpoint as ckpt
 
-    chosen = ckpt.best_checkpoint(row.out_dir) or ckpt.latest_checkpoint(row.out_dir)
-    if chosen is None:
-        raise FileNotFoundError(f"trial {row.trial}: no checkpoint in {row.out_dir} to evaluate on test")
-    step = int(ckpt.load_checkpoint(chosen)["step"])
-    cfg, nets = ckpt.load_networks(chosen)
+    best = ckpt.best_checkpoint(row.out_dir)
+    if best is None and row.checkpoint is None:
+        raise FileNotFoundError(f"trial {row.trial}: no checkpoint in {row.out_dir} or reported to Tune to "
+                                "evaluate on test")
+    # The best on validation is a copy in the trial's out_dir; the others live in Ray's storage only.
+    with contextlib.nullcontext(best) if best is not None else row.checkpoint.as_directory() as path:
+        step = int(ckpt.load_checkpoint(path, whole=False)["step"])
+        cfg, nets = ckpt.load_networks(path)
     cfg.eval = base.eval
     table = evaluate(cfg, nets, Path(row.out_dir) / "eval", metrics_path=Path(row.out_dir) / "metrics.jsonl")
     features, scores = next((n, s) for n, s in table["rows"].items() if n.startswith("model "))

@@ -7,17 +7,20 @@ What happens where:
 - every worker (`train_worker`) runs `tgan.train.loop.train` on Ray Train's process group (gloo on
   CPU, nccl on GPU). The loop's reporter hook forwards every logged step to `ray.train.report`
   (the same scalars Ray Tune will read) and to Prometheus; a step that wrote a checkpoint reports it
-  too. The loop writes each checkpoint into <out_dir>/checkpoints on every rank (collectively);
-  rank 0 hands the finished directory to Ray, which copies it to the run's storage (local path or
-  s3://...). After a worker dies, Ray restarts the group and `ray.train.get_checkpoint()` is where
-  the new group resumes from.
+  too. Each rank writes its own checkpoint files (and manifest) into a directory of its own under
+  <out_dir>/ray_staging and hands them to `ray.train.report`, which uploads them to the run's
+  storage (cluster.storage_path: a path or s3://...), merges every rank's files into one checkpoint
+  directory there, and deletes the local copy. After a worker dies, Ray restarts the group and
+  `ray.train.get_checkpoint()` downloads the last registered checkpoint for the new group; a run
+  started again with the same storage and name is restored by Ray the same way.
 
-Multi-node: train.out_dir must be on a file system every node sees (NFS), because the loop's
-checkpoint is written collectively into it, and cluster.storage_path on shared storage (s3://, NFS),
-because a restarted worker may land on another node.
+Multi-node: train.out_dir may be node-local (it holds rank 0's metrics.jsonl, config.yaml and
+run.json, and the staging directories); only cluster.storage_path must be shared (s3://, gs://,
+NFS), because a restarted worker may land on another node.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import time
@@ -37,6 +40,9 @@ from tgan.train.backend import Backend, TorchBackend
 from tgan.train.loop import USER_ERRORS
 from tgan.train.resume import open_resume
 
+STAGING = "ray_staging"
+"""<out_dir>/ray_staging/rank_<r>: where each rank writes its checkpoint files before Ray uploads them."""
+
 
 @dataclass
 class RunResult:
@@ -47,7 +53,7 @@ class RunResult:
     checkpoint: Checkpoint
     """The last checkpoint, where Ray stored it (`.path`: a path or URI)."""
     run_dir: str
-    """storage_path/name: Ray's copy of the run (checkpoints, its state, from which Ray restores a continued run)."""
+    """storage_path/name: where the run's checkpoints and Ray's state live (a continued run is restored from it)."""
 
 
 def absolute_paths(cfg: Config) -> Config:
@@ -77,12 +83,13 @@ def make_reporter(cfg: Config, rank: int):
             metrics.record(step, scalars)
         # ray.train.report is a barrier: the choice is step-based so every rank reports the same
         # steps (validation metrics come at the same steps on every rank, and schedulers need each).
-        # Only rank 0 hands over the checkpoint directory; it holds every rank's files.
+        # Every rank hands over its own files; Ray merges them into <storage>/<name>/step_N.
         if saved is None and step % every != 0 and not any(k.startswith("val/") for k in scalars):
             return
-        checkpoint = Checkpoint.from_directory(str(saved)) if saved is not None and rank == 0 else None
+        checkpoint = Checkpoint.from_directory(str(saved)) if saved is not None else None
         ray.train.report({"step": step, **scalars}, checkpoint=checkpoint,
-                         checkpoint_dir_name=saved.name if saved is not None else None)
+                         checkpoint_dir_name=saved.name if saved is not None else None,
+                         delete_local_checkpoint_after_upload=saved is not None)
 
     return reporter
 
@@ -117,29 +124,38 @@ def train_worker(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     backend = make_backend(cfg)
     reporter = make_reporter(cfg, rank)
+    staging = Path(cfg.train.out_dir) / STAGING / f"rank_{rank}"
     restored = ray.train.get_checkpoint()
     if restored is None:
-        train(cfg, backend=backend, reporter=reporter)
+        train(cfg, backend=backend, reporter=reporter, rank_dir=staging)
         return
-    with restored.as_directory() as path:  # a local path as is; a download for s3:// storage
-        train(cfg, backend=backend, reporter=reporter, resume_from=path)
+    # Ray's last registered checkpoint first, then the older ones it keeps beside it, each fetched
+    # from the storage only if the one before fails verification (the loop falls back).
+    parent, _, name = restored.path.rstrip("/").rpartition("/")
+    step = ckpt.checkpoint_step(Path(name))
+    older = [] if step is None else [n for n in ray_env.stored_steps(restored.filesystem, parent)
+                                     if ckpt.checkpoint_step(Path(n)) < step]
+    with contextlib.closing(ray_env.fetched(restored.filesystem, parent, [name, *older])) as found:
+        train(cfg, backend=backend, reporter=reporter, resume_from=found, rank_dir=staging)
 
 
 def check_start(cfg: Config, run_dir: str, resume: bool) -> None:
     """Before anything is written or started: the same command starts a run or continues it.
 
-    Continuing (train.resume=auto, the default) checks the newest loadable checkpoint of
-    train.out_dir against the config (tgan.train.resume: refused fields, world size). Ray Train
-    restores a run whose storage_path/name already holds its state, so with train.resume=never an
-    existing Ray run directory is refused too; `resume` (--resume) insists that there is a run.
+    Ray Train restores a run whose storage_path/name already holds its state, so continuing
+    (train.resume=auto, the default) checks the newest loadable checkpoint there (fetched from the
+    storage), else train.out_dir's, against the config (tgan.train.resume: refused fields, world
+    size); train.resume=never refuses an existing run directory; `resume` (--resume) insists that
+    there is a run.
     """
-    local = "://" not in run_dir
-    ray_state = local and any(Path(run_dir).glob(f"{ckpt.PREFIX}*"))
-    if cfg.train.resume == "never" and ray_state:
-        raise ray_env.ClusterError(f"train.resume=never but {run_dir} already holds Ray's copy of a run: choose a "
-                                   "new train.out_dir, or drop train.resume=never to continue it")
-    found = open_resume(cfg, world_size=cfg.cluster.num_workers)
-    if resume and found is None and not ray_state and local:
+    fs, path = ray_env.run_storage(run_dir)
+    stored = ray_env.stored_steps(fs, path)
+    if cfg.train.resume == "never" and stored:
+        raise ray_env.ClusterError(f"train.resume=never but {run_dir} already holds the checkpoints of a run: choose "
+                                   "a new train.out_dir, or drop train.resume=never to continue it")
+    with contextlib.closing(ray_env.fetched(fs, path, stored)) as found:
+        resumed = open_resume(cfg, found if stored else None, world_size=cfg.cluster.num_workers)
+    if resume and resumed is None:
         raise ray_env.ClusterError(f"--resume: train.out_dir={cfg.train.out_dir!r} holds no checkpoint and "
                                    f"{run_dir} no Ray run state: nothing to resume (start it without --resume)")
 
@@ -155,6 +171,7 @@ def build_trainer(cfg: Config, storage: str, worker=train_worker, *, name: str |
     (LoggingConfig, and quiet_report_logs in the workers). Warnings and errors always are.
     """
     c = cfg.cluster
+    storage_path, filesystem = ray_env.storage_filesystem(storage)
     resources = {"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}
     return TorchTrainer(
         worker,
@@ -162,7 +179,8 @@ def build_trainer(cfg: Config, storage: str, worker=train_worker, *, name: str |
         torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=name or Path(cfg.train.out_dir).name, storage_path=storage, callbacks=callbacks,
+            name=name or Path(cfg.train.out_dir).name, storage_path=storage_path, storage_filesystem=filesystem,
+            callbacks=callbacks,
             failure_config=FailureConfig(max_failures=c.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING"),

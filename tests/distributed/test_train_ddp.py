@@ -2,6 +2,7 @@
 rank writes its own part of the checkpoint, a resumed run repeats every rank's losses and weights,
 and a diverging run, or one out of train.time_limit_s, stops on both ranks at the same step (the
 decision is agreed, so no rank waits in a collective for the other)."""
+import json
 from pathlib import Path
 
 import torch
@@ -73,7 +74,10 @@ def test_two_rank_ddp_run_keeps_ranks_identical_and_checkpoints_every_rank(debug
     assert r0["scalars"]["grad_norm/D"] == r1["scalars"]["grad_norm/D"]  # all-reduced gradients
 
     final = tmp_path / "run" / "checkpoints" / "step_00000003"
-    assert {p.name for p in final.iterdir()} == {"state.pt", "optim.pt", "rank_0.pt", "rank_1.pt", "manifest.json"}
+    # Each rank wrote and listed its own files; rank 0 merged them when both were done.
+    assert {p.name for p in final.iterdir()} == {"state.pt", "optim.pt", "rank_0.pt", "rank_1.pt",
+                                                 "manifest_rank_0.json", "manifest_rank_1.json"}
+    assert set(json.loads((final / "manifest_rank_1.json").read_text())["files"]) == {"rank_1.pt"}
     assert load_checkpoint(final)["world_size"] == WORLD
     saved = load_checkpoint(final)["nets"]["G"]
     assert all(torch.equal(saved[key], value) for key, value in r0["params"]["G"].items())

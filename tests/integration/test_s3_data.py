@@ -93,3 +93,29 @@ def test_a_missing_damaged_or_truncated_object_is_named_by_its_url(s3_bucket, de
     assert streams.corrupt_samples > 0
     assert any(f"{url}/train-000004.tar" in r.getMessage() and "skipped and counted" in r.getMessage()
                for r in caplog.records)
+
+
+def test_shards_over_http_read_like_the_directory_and_a_missing_one_is_named(debug_shards, tmp_path):
+    """http(s):// has no listing: presence is checked with one HEAD per shard (storage.missing)."""
+    import functools
+    import http.server
+    import shutil
+    import threading
+
+    served = tmp_path / "www"
+    shutil.copytree(debug_shards, served)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        local = build_streams(_data(debug_shards), rank=0, world_size=1, seed=1)
+        remote = build_streams(_data(url), rank=0, world_size=1, seed=1)
+        assert remote.labelled.keys == local.labelled.keys
+        for _ in range(3):
+            assert torch.equal(next(local.unlabelled)[0], next(remote.unlabelled)[0])
+        (served / "train-000006.tar").unlink()
+        with pytest.raises(DataError, match=rf"shard {url}/train-000006.tar listed in {url}/index.json is missing"):
+            build_streams(_data(url), rank=0, world_size=1, seed=1)
+    finally:
+        server.shutdown()

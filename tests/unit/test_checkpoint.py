@@ -105,7 +105,7 @@ def test_load_networks_rebuilds_the_trained_networks_for_evaluation(shards, tmp_
         assert not net.training
         for a, b in zip(net.state_dict().values(), result.nets[name].state_dict().values()):
             assert torch.equal(a, b)
-    with pytest.raises(ckpt.CheckpointError, match="manifest.json is missing"):
+    with pytest.raises(ckpt.CheckpointError, match="manifest_rank_0.json is missing"):
         ckpt.load_checkpoint(tmp_path)
 
 
@@ -225,7 +225,7 @@ def test_a_planted_pickle_is_never_executed_by_resume_or_evaluate(shards, run_co
     marker.unlink()
     shutil.copy(tmp_path / "evil.pt", newest / "state.pt")
     if manifest == "rewritten by the attacker":
-        ckpt.write_manifest(newest)
+        ckpt.write_manifest(newest, rank=0, world_size=1, step=4)
     assert evaluate_main([str(run_copy)]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and str(newest / "state.pt") in error
@@ -241,8 +241,9 @@ def test_a_planted_pickle_is_never_executed_by_resume_or_evaluate(shards, run_co
     (lambda d: (d / "rank_0.pt").write_bytes(b""), "rank_0.pt has 0 bytes"),
     (lambda d: (d / "rank_0.pt").unlink(), "rank_0.pt is missing"),
     (lambda d: (d / "optim.pt").write_bytes(b"x" * (d / "optim.pt").stat().st_size), "optim.pt does not match"),
-    (lambda d: (d / "manifest.json").unlink(), "manifest.json is missing"),
-    (lambda d: (d / "extra.pt").write_bytes(b"x"), "extra.pt is not in manifest.json"),
+    (lambda d: (d / "manifest_rank_0.json").unlink(), "manifest_rank_0.json is missing"),
+    (lambda d: (d / "extra.pt").write_bytes(b"x"), "extra.pt is not listed in any of the 1 manifests"),
+    (lambda d: (d / "manifest_rank_1.json").write_text("{}"), "manifest_rank_1.json is not listed"),
 ])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(shards, run_copy, damage, why, capsys):
     newest, older = ckpt.list_checkpoints(run_copy)[::-1]
@@ -253,6 +254,40 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(shards, run_
     assert resumed.path == older and resumed.step == 2
     assert len(lines) == 1 and lines[0].startswith("checkpoint step_00000004 skipped: ") and why in lines[0]
     assert "fewer" not in lines[0]
+
+
+def two_rank_checkpoint(root):
+    """step_00000004 as Ray Train merges it: each rank's own files and manifest, written apart (a
+    DeepSpeed-like nested file per rank), copied into one directory."""
+    merged = root / "step_00000004"
+    for r in range(2):
+        own = root / f"rank_dir_{r}"
+        (own / "deepspeed_D" / "ds").mkdir(parents=True)
+        torch.save({"rank": r}, own / f"rank_{r}.pt")
+        torch.save({"partition": torch.full((4,), float(r))}, own / "deepspeed_D" / "ds" / f"zero_pp_rank_{r}.pt")
+        ckpt.write_manifest(own, rank=r, world_size=2, step=4)
+        shutil.copytree(own, merged, dirs_exist_ok=True)
+    return merged
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda d: (d / "manifest_rank_1.json").unlink(),
+     r"manifest_rank_1.json is missing: .* was written by 2 ranks and rank 1's files never arrived"),
+    (lambda d: (d / "rank_1.pt").unlink(), r"rank_1.pt is missing \(listed in manifest_rank_1.json\)"),
+    (lambda d: (d / "deepspeed_D" / "ds" / "zero_pp_rank_1.pt").write_bytes(b"x" * 10), "zero_pp_rank_1.pt has 10 bytes"),
+    (lambda d: (d / "manifest_rank_1.json").write_text(
+        json.dumps({**json.loads((d / "manifest_rank_1.json").read_text()), "step": 6})),
+     "manifest_rank_1.json is of step 6 with 2 ranks but manifest_rank_0.json of step 4 with 2: files of two "
+     "different saves"),
+    (lambda d: (d / "deepspeed_D" / "ds" / "zero_pp_rank_2.pt").write_bytes(b"x"),
+     "zero_pp_rank_2.pt is not listed in any of the 2 manifests"),
+])
+def test_each_rank_lists_its_own_files_and_verification_needs_every_ranks_manifest(tmp_path, damage, why):
+    merged = two_rank_checkpoint(tmp_path)
+    ckpt.verify_checkpoint(merged)  # the union of the two manifests covers every file
+    damage(merged)
+    with pytest.raises(ckpt.CheckpointError, match=why):
+        ckpt.verify_checkpoint(merged)
 
 
 def test_the_run_fails_in_one_line_only_when_no_checkpoint_loads(shards, run_copy):
@@ -306,7 +341,7 @@ def test_random_byte_damage_to_a_checkpoint_is_refused_naming_the_file_or_change
     lines = []
     resumed = resume_lib.open_resume(cfg_for(shards, out, "train.steps=6"), world_size=1, rank=0, report=lines.append)
     if resumed.path == newest:
-        assert file.name == ckpt.MANIFEST and lines == []
+        assert ckpt.is_manifest(file.name) and lines == []
     else:
         assert resumed.path == older and resumed.step == 2
         assert len(lines) == 1 and "\n" not in lines[0] and str(newest) in lines[0], lines

@@ -41,9 +41,9 @@ import torch
 import torch.distributed as torch_dist
 from torch.utils.data import DataLoader, Dataset
 
+from tgan import dist
 from tgan.config import DataConfig
 from tgan.data.augment import augment
-from tgan import dist
 from tgan.data.codec import ShardCheck, check_image, decode_image, decode_label, read_shard, to_float
 from tgan.data.index import DataError, DatasetIndex, check_shards_present, load_index
 from tgan.data.labelled import Selection, make_selection

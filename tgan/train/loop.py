@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -201,15 +201,19 @@ def _metrics_line(step: int, scalars: dict[str, float]) -> str:
 
 
 def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | None = None,
-          resume_from: str | Path | None = None) -> TrainResult:
+          resume_from: str | Path | Iterable[Path] | None = None,
+          rank_dir: str | Path | None = None) -> TrainResult:
     """Train `cfg` on this rank; returns when train.steps steps are done (or train.time_limit_s is up).
 
     Starts fresh, or continues the run in train.out_dir (see tgan.train.resume: what may change on
-    resume, fallback to older checkpoints); `resume_from` is a checkpoint handed over by a restart
-    (Ray), tried first. Nothing is written into train.out_dir before the start is accepted.
+    resume, fallback to older checkpoints); `resume_from` is a checkpoint (or several, newest first)
+    handed over by a restart (Ray), tried first. Nothing is written into train.out_dir before the start is accepted.
     `reporter(step, scalars, checkpoint_dir_or_None)` is called on every rank at every log step and
     at every checkpoint; rank 0 also appends the scalars to <out_dir>/metrics.jsonl, shows the
     progress (tgan.progress) and records the phases' times in <out_dir>/run.json (tgan.runinfo).
+    Checkpoints go to <out_dir>/checkpoints, written by the ranks together, or with `rank_dir` each
+    rank's own files into that directory of its own, for the reporter to hand on (Ray Train merges
+    them; see checkpoint.save_checkpoint).
     """
     rank, world = dist.rank(), dist.world_size()
     device = dist.resolve_device(cfg.train.device)
@@ -306,7 +310,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
                 bad = _nonfinite_tensor({n: backend.raw(n) for n in nets})
                 if _all_true(bad is None, device):
                     saved_path = last_ckpt = ckpt.save_checkpoint(
-                        out, step, backend=backend, keep=cfg.train.keep_checkpoints,
+                        out, step, backend=backend, keep=cfg.train.keep_checkpoints, rank_dir=rank_dir,
                         state={"config": cfg.to_dict(), "meta": meta, "counters": dict(counters),
                                "config_history": history, "nets": {n: backend.raw(n).state_dict() for n in nets}},
                         rank_state={"rng": ckpt.rng_state(), "data": streams.state_dict()})

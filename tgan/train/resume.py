@@ -18,10 +18,11 @@ tried; the run fails only when none loads.
 """
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from tgan.config import Config, ConfigError, config_from_dict
 from tgan.train import checkpoint as ckpt
@@ -80,13 +81,16 @@ def check_meta(path: Path, saved: dict, meta: dict) -> None:
                           "point data.shards at the data set the run was trained on")
 
 
-def candidates(cfg: Config, resume_from: str | Path | None) -> tuple[list[Path], bool]:
+def candidates(cfg: Config, resume_from: str | Path | Iterable[Path] | None) -> tuple[Iterable[Path], bool]:
     """The checkpoints a start may continue from, best first, and whether to fall back to the next
-    when one cannot be loaded (not for a checkpoint the user named)."""
+    when one cannot be loaded (not for a checkpoint the user named). `resume_from`: one checkpoint,
+    or several newest first (an iterable that may fetch each only when it is reached, see
+    cluster/trainer.py), handed over by whoever restarts the run (Ray); the run's own checkpoints
+    in train.out_dir back them up."""
     newest_first = list(reversed(ckpt.list_checkpoints(cfg.train.out_dir)))
-    if resume_from is not None:  # handed over by a restart (Ray): the run's own checkpoints back it up
-        first = Path(resume_from)
-        return [first] + [p for p in newest_first if p.resolve() != first.resolve()], True
+    if resume_from is not None:
+        handed = [Path(resume_from)] if isinstance(resume_from, (str, Path)) else resume_from
+        return _unique(itertools.chain(handed, newest_first)), True
     choice = cfg.train.resume
     if choice == "never":
         if newest_first:
@@ -96,10 +100,20 @@ def candidates(cfg: Config, resume_from: str | Path | None) -> tuple[list[Path],
     if choice == "auto":
         return newest_first, True
     named = Path(choice)
-    if not ((named / ckpt.MANIFEST).is_file() or (named / "state.pt").is_file()):
-        raise ConfigError(f"train.resume={choice!r} is not a checkpoint directory (no {ckpt.MANIFEST} in it): "
+    first = ckpt.MANIFEST.format(rank=0)
+    if not ((named / first).is_file() or (named / "state.pt").is_file()):
+        raise ConfigError(f"train.resume={choice!r} is not a checkpoint directory (no {first} in it): "
                           "expected auto, never or the path of a checkpoints/step_N directory")
     return [named], False
+
+
+def _unique(paths: Iterable[Path]) -> Iterable[Path]:
+    """Each directory once (a handed-over checkpoint may also be one of train.out_dir's), lazily."""
+    seen = set()
+    for path in paths:
+        if Path(path).resolve() not in seen:
+            seen.add(Path(path).resolve())
+            yield Path(path)
 
 
 @dataclass
@@ -122,7 +136,7 @@ class Resumed:
         return past + ([{"from_step": self.step + 1, "changes": self.changes}] if self.changes else [])
 
 
-def open_resume(cfg: Config, resume_from: str | Path | None = None, *, world_size: int, rank: int | None = None,
+def open_resume(cfg: Config, resume_from: str | Path | Iterable[Path] | None = None, *, world_size: int, rank: int | None = None,
                 all_ok: Callable[[bool], bool] = lambda ok: ok,
                 report: Callable[[str], None] = print) -> Resumed | None:
     """The checkpoint this start continues (verified, loaded, its config compared), or None for a
@@ -153,8 +167,9 @@ def open_resume(cfg: Config, resume_from: str | Path | None = None, *, world_siz
         failures.append(why)
         report(f"checkpoint {path.name} skipped: {why}")
     if failures:
-        raise CheckpointError(f"none of the {len(failures)} checkpoints in {ckpt.checkpoint_dir(cfg.train.out_dir)} "
-                              f"can be loaded (newest: {failures[0]}): move them away to start again")
+        where = ckpt.checkpoint_dir(cfg.train.out_dir) if resume_from is None else "the run's storage"
+        raise CheckpointError(f"none of the {len(failures)} checkpoints in {where} can be loaded (newest: "
+                              f"{failures[0]}): move them away to start again")
     return None
 
 
