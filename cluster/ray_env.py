@@ -19,7 +19,6 @@ from typing import Iterator
 
 import pyarrow.fs
 import ray
-import ray.train
 
 from tgan.config import ClusterConfig
 from tgan.train.checkpoint import checkpoint_step
@@ -285,13 +284,15 @@ def fetched(fs: pyarrow.fs.FileSystem, parent: str, names: list[str]) -> Iterato
     the caller asks for the next (tgan.train.resume falls back to it when the one before cannot be
     loaded): local storage as it is, anything else downloaded into a temporary directory that
     lives until the next one is asked for or the iterator is closed."""
+    from ray.train import Checkpoint
+
     for name in names:
         if isinstance(fs, pyarrow.fs.LocalFileSystem):
             yield Path(parent) / name
             continue
         with tempfile.TemporaryDirectory(prefix="tgan_checkpoint_") as tmp:
             local = Path(tmp) / name
-            ray.train.Checkpoint(f"{parent}/{name}", filesystem=fs).to_directory(str(local))
+            Checkpoint(f"{parent}/{name}", filesystem=fs).to_directory(str(local))
             yield local
 
 
