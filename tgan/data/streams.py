@@ -361,12 +361,14 @@ def build_streams(cfg: DataConfig, *, rank: int, world_size: int, seed: int, gal
         labelled = LabelledStream(images, held.labels, held.keys, batch_size=cfg.labelled_batch_size,
                                   seed=seed, rank=rank,
                                   augment=cfg.augment if cfg.labelled_augment is None else cfg.labelled_augment)
-        log.info("labelled subset: %d examples, per class %s", len(held.keys), torch.bincount(held.labels).tolist())
+        if rank == 0:  # the same on every rank; another rank's copy reached the console after the run's table
+            log.info("labelled subset: %d examples, per class %s", len(held.keys), torch.bincount(held.labels).tolist())
     validation = gallery = None
     if cfg.validation_size:
         validation = Held(selection.validation(), index)
-        log.info("validation split: %d examples held out, per class %s", len(validation.keys),
-                 torch.bincount(validation.labels).tolist())
+        if rank == 0:
+            log.info("validation split: %d examples held out, per class %s", len(validation.keys),
+                     torch.bincount(validation.labels).tolist())
     if gallery_size and index.num_classes:
         gallery = Held(selection.gallery(), index)
 
