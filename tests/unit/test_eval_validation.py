@@ -2,6 +2,7 @@
 last step) in metrics.jsonl, equal to an offline computation on the same split, and training itself
 untouched by them."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from tgan.data.streams import build_streams
 from tgan.eval.metrics import retrieval_metrics
 from tgan.eval.validation import validation_keys
 from tgan.families import get_family
-from tgan.train.checkpoint import list_checkpoints, load_checkpoint, load_networks
+from tgan.train.checkpoint import (baseline_checkpoint, find_checkpoint, list_checkpoints, load_checkpoint,
+                                   load_networks)
 from tgan.train.loop import train
 
 DEBUG = Path(__file__).resolve().parents[2] / "launch" / "recipes" / "debug.yaml"
@@ -62,6 +64,14 @@ def test_the_best_checkpoint_on_validation_is_kept_across_a_restart(debug_shards
     assert best == {"step": values.index(max(values)) + 1, "metric": "val/knn1", "value": max(values)}
     assert load_checkpoint(out / "checkpoints" / "best")["step"] == best["step"]
     assert [p.name for p in list_checkpoints(out)] == ["step_00000006"]  # keep_checkpoints ignores best
+
+    # A run trained on Ray keeps its step checkpoints in Ray's storage only: its run directory holds
+    # the best one, which evaluation and eval.baseline then use.
+    assert find_checkpoint(out) == out / "checkpoints" / "step_00000006"
+    shutil.rmtree(out / "checkpoints" / "step_00000006")
+    assert find_checkpoint(out) == out / "checkpoints" / "best"
+    cfg = load_config(DEBUG, [f"eval.baseline={out}"])
+    assert baseline_checkpoint(cfg) == out / "checkpoints" / "best"
 
 
 def test_a_best_metric_that_validation_does_not_produce_is_refused_before_the_run(debug_shards, tmp_path):

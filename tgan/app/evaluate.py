@@ -30,7 +30,7 @@ def resolve_checkpoint(path: Path) -> Path:
     newest = find_checkpoint(path)
     if newest is None:
         raise FileNotFoundError(f"{path} is neither a checkpoint directory (no state.pt) nor a run directory "
-                                "with checkpoints/step_* in it")
+                                "with checkpoints/step_* or checkpoints/best in it")
     return newest
 
 

@@ -122,12 +122,14 @@ def keep_best(out_dir: str | Path, source: Path, record: dict[str, Any]) -> Path
 
 
 def find_checkpoint(path: str | Path) -> Path | None:
-    """`path` when it is a checkpoint directory, else the newest checkpoint of the run directory `path`
-    (None when it is neither)."""
+    """`path` when it is a checkpoint directory, else the newest checkpoint of the run directory `path`,
+    else its best checkpoint on validation (None when it is neither). A run trained on Ray keeps its
+    step checkpoints in Ray's storage only (cluster.storage_path), so its run directory holds just
+    the best one."""
     path = Path(path)
     if (path / MANIFEST.format(rank=0)).is_file() or (path / "state.pt").is_file():
         return path
-    return latest_checkpoint(path)
+    return latest_checkpoint(path) or best_checkpoint(path)
 
 
 def baseline_checkpoint(cfg: Config) -> Path | None:
