@@ -122,9 +122,10 @@ def test_pbt_copies_the_better_trials_checkpoint_and_the_copy_continues_from_its
     # checkpoint (a restart from step 0 would report step 2 again).
     assert [r["step"] for r in histories[trial]] == [2, 3]
     assert (histories[trial][1]["started_from"], histories[trial][1]["started_at"]) == (source, 2)
-    # The continued run resumed the other trial's weights in its own directory.
-    restarted = Path(rows[0].out_dir).parent / trial
-    assert sorted(p.name for p in (restarted / "checkpoints").glob("step_*")) == ["step_00000002", "step_00000003"]
+    # Its run directory records the hand-over: from step 3 on, the other trial's run continues here.
+    history = (Path(rows[0].out_dir).parent / trial / "config_history.jsonl").read_text().splitlines()
+    moved = json.loads(history[0])
+    assert moved["from_step"] == 3 and [Path(p).name for p in moved["changes"]["train.out_dir"]] == [source, trial]
 
 
 def test_an_interrupted_optuna_sweep_resumes_only_its_unfinished_trial(sweep_ray, shards, tmp_path):
