@@ -3,9 +3,11 @@ unique and images identify samples in the streams' output."""
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from tgan.data.prepare import write_shards
 from tgan.data.sources import array_source
+from tgan.data.streams import build_streams
 
 
 def write_toy_shards(out: Path, counts: list[int]) -> Path:
@@ -17,3 +19,28 @@ def write_toy_shards(out: Path, counts: list[int]) -> Path:
                        list("abcd")[:len(counts)], image_size=8)
     write_shards(src, out, shard_size=16, progress=False)
     return out
+
+
+def assert_resume_repeats(cfg, stops, batches: int):
+    """Rank 1 of 2 streams `batches` (unlabelled, labelled) batch pairs without a stop; for each stop,
+    streams restarted from the state after `stop` pairs give exactly the rest. Returns the last
+    resumed streams' state."""
+    full = build_streams(cfg, rank=1, world_size=2, seed=7)
+    reference = [(next(full.unlabelled), next(full.labelled)) for _ in range(batches)]
+    full.close()
+    for stop in stops:
+        first = build_streams(cfg, rank=1, world_size=2, seed=7)
+        for _ in range(stop):
+            next(first.unlabelled), next(first.labelled)
+        state = first.state_dict()
+        first.close()
+        resumed = build_streams(cfg, rank=1, world_size=2, seed=7)
+        resumed.load_state_dict(state)
+        for (x_ref, y_ref), (xl_ref, yl_ref) in reference[stop:]:
+            x, y = next(resumed.unlabelled)
+            xl, yl = next(resumed.labelled)
+            assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+            assert torch.equal(xl, xl_ref) and torch.equal(yl, yl_ref)
+        state = resumed.state_dict()
+        resumed.close()
+    return state

@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_data_shards import _corrupt_png, _truncate
 from test_data_streams import N_TRAIN, _stream, ids, shards  # noqa: F401 (the keyed shard fixture)
-from toy_shards import write_toy_shards
+from toy_shards import assert_resume_repeats, write_toy_shards
 
 from tgan.config import ConfigError, DataConfig
 from tgan.data.augment import augment
@@ -52,20 +52,8 @@ def test_an_epoch_over_all_ranks_holds_every_sample_once_and_each_is_repermuted(
 def test_resume_continues_with_exactly_the_batches_of_the_uninterrupted_run(shards, augment_name,  # noqa: F811
                                                                             num_workers, stops):
     cfg = _cfg(shards, augment=augment_name, num_workers=num_workers)  # the workers decode the shards at start-up
-    full = build_streams(cfg, rank=1, world_size=2, seed=7)
-    reference = [(next(full.unlabelled), next(full.labelled)) for _ in range(20)]
-    for stop in stops:  # 9 batches x 16 > the rank's 100 samples: mid-way through its second epoch
-        first = build_streams(cfg, rank=1, world_size=2, seed=7)
-        for _ in range(stop):
-            next(first.unlabelled), next(first.labelled)
-        state = first.state_dict()
-        resumed = build_streams(cfg, rank=1, world_size=2, seed=7)
-        resumed.load_state_dict(state)
-        for (x_ref, y_ref), (xl_ref, yl_ref) in reference[stop:]:
-            x, y = next(resumed.unlabelled)
-            xl, yl = next(resumed.labelled)
-            assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
-            assert torch.equal(xl, xl_ref) and torch.equal(yl, yl_ref)
+    # 9 batches x 16 > the rank's 100 samples: mid-way through its second epoch
+    assert_resume_repeats(cfg, stops=stops, batches=20)
 
 
 def test_the_labelled_stream_is_the_same_in_both_modes(shards):  # noqa: F811

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from toy_shards import assert_resume_repeats
 
 from tgan.config import DataConfig
 from tgan.data.augment import augment
@@ -91,25 +92,8 @@ def test_every_rank_yields_full_batches_forever(shards):
 @pytest.mark.parametrize("num_workers,augment_name", [(0, "none"), (2, "crop_flip"), (3, "flip")])
 def test_resume_continues_with_exactly_the_batches_of_the_uninterrupted_run(shards, num_workers, augment_name):
     cfg = _cfg(shards, num_workers=num_workers, augment=augment_name)
-    full = build_streams(cfg, rank=1, world_size=2, seed=7)
-    reference = [(next(full.unlabelled), next(full.labelled)) for _ in range(30)]
-    full.close()
-
-    for stop in (5, 13):  # 13 batches x 16 > one rank's epoch: the fast-forward skips whole epochs
-        first = build_streams(cfg, rank=1, world_size=2, seed=7)
-        for _ in range(stop):
-            next(first.unlabelled), next(first.labelled)
-        state = first.state_dict()
-        first.close()
-        resumed = build_streams(cfg, rank=1, world_size=2, seed=7)
-        resumed.load_state_dict(state)
-        for (x_ref, y_ref), (xl_ref, yl_ref) in reference[stop:]:
-            x, y = next(resumed.unlabelled)
-            xl, yl = next(resumed.labelled)
-            assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
-            assert torch.equal(xl, xl_ref) and torch.equal(yl, yl_ref)
-        assert resumed.state_dict()["unlabelled_batches"] == 30
-        resumed.close()
+    # 13 batches x 16 > one rank's epoch: the fast-forward skips whole epochs
+    assert assert_resume_repeats(cfg, stops=(5, 13), batches=30)["unlabelled_batches"] == 30
 
 
 def test_resume_far_into_the_run_skips_whole_epochs_without_reading_them(shards):
