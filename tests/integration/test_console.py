@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_main_job_console_shows_progress_and_no_ray_noise(shards, tmp_path):
     out = tmp_path / "console_run"
     env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_DEDUP_LOGS", "RAY_TRAIN_ENABLE_PRINT_PATCH")}
+           if k not in ("RAY_ADDRESS", "RAY_DEDUP_LOGS", "RAY_TRAIN_ENABLE_PRINT_PATCH",
+                        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")}
     proc = subprocess.run([sys.executable, str(ROOT / "launch" / "train.py"), "--config",
                            str(ROOT / "launch" / "recipes" / "debug.yaml"), "--set", f"data.shards={shards}",
                            "--set", f"train.out_dir={out}", "--set", "eval.pictures=true"],
