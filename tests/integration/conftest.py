@@ -45,6 +45,6 @@ def local_ray():
 @pytest.fixture(scope="session")
 def debug_cfg(shards):
     """debug_cfg(out_dir, "key=value", ...): the debug recipe on the session's shards, reporting to
-    Ray Train at its checkpoints only (each report can wait ~2 s for Ray's controller)."""
+    Ray Train at its checkpoints only (each report waits for a poll of Ray's controller, see above)."""
     return lambda out, *overrides: load_config(DEBUG, [f"data.shards={shards}", f"train.out_dir={out}",
                                                        "cluster.report_every=2", *overrides])

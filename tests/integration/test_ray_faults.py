@@ -39,7 +39,7 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(local_ray, debug_
     out = tmp_path / "fault_run"
     # train.resume=never: the restarted group may only resume from ray.train.get_checkpoint(), not
     # by finding out_dir/checkpoints itself (with never, a non-empty out_dir would be refused).
-    # Ray's controller takes one report per worker per poll (2 s) and a worker's next report waits
+    # Ray's controller takes one report per worker per poll (0.5 s here) and a worker's next report waits
     # for it, so when rank 1 dies at step 7 the checkpoint of step 4 is registered (step 6's may
     # still be in flight): the group restarts from step 4 or 6 and redoes what follows.
     cfg = debug_cfg(out, "train.steps=8", "train.fault_step=7", "cluster.max_failures=1", "train.resume=never")
@@ -73,14 +73,18 @@ def test_the_same_command_continues_a_stopped_deepspeed_run_without_redoing_step
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["step"], key)
 
 
-def test_a_diverging_run_stops_with_the_workers_message_on_the_command_line(tmp_path, shards):
+def test_a_diverging_run_stops_with_the_workers_message_on_the_command_line(local_ray, tmp_path, shards):
     """The loop's NonFiniteError, raised inside the Ray workers, reaches the user as one line."""
+    import ray
+
+    # launch/train.py joins the module's Ray (as under `ray job submit`) rather than starting its own:
+    # the error takes the same path from the workers to the command line, without a Ray start.
     proc = subprocess.run([sys.executable, str(ROOT / "launch" / "train.py"), "--config",
                            str(ROOT / "launch" / "recipes" / "debug.yaml"), "--set", f"data.shards={shards}",
                            "--set", f"train.out_dir={tmp_path / 'nan'}", "--set", "optim.lr=1e38",
                            "--set", "train.max_nonfinite_in_row=2", "--set", "train.steps=20"],
                           capture_output=True, text=True, timeout=300,
-                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})  # a local Ray
+                          env={**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address})
     assert proc.returncode == 1, proc.stderr[-3000:]
     # Ray's own log lines (worker tracebacks, the controller) stream to stderr too, in any order.
     ours = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]

@@ -62,7 +62,7 @@ def test_ray_job_submit_runs_the_debug_recipe_on_a_started_head(ray_head, shards
     deadline = time.monotonic() + 240
     status = client.get_job_status(job)
     while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.monotonic() < deadline:
-        time.sleep(2)
+        time.sleep(0.5)
         status = client.get_job_status(job)
     logs = client.get_job_logs(job)
     assert status == JobStatus.SUCCEEDED, logs[-3000:]

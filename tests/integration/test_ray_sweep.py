@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from cluster.sweep import sweep
-from cluster.sweep_report import finish
+from cluster.sweep_report import collect, finish
 from cluster.sweep_spec import parse_spec
 from tgan.config import load_config
 
@@ -47,10 +47,14 @@ def sweep_ray():
         os.environ["RAY_ADDRESS"] = saved
 
 
-def run_spec(shards, out, raw):
+def run_spec(shards, out, raw, *, report=True):
+    """The sweep's trials ranked; report=False leaves out the sweep's report (the best trial's test
+    evaluation, sweep.csv, plots: seconds of work that only the ASHA test checks)."""
     spec = parse_spec({"set": LIVE, "resources": RESOURCES, **raw}, "test spec")
     base = load_config(DEBUG, [f"data.shards={shards}", f"train.out_dir={out}", *spec.overrides])
     results, base = sweep(base, spec)
+    if not report:
+        return collect(results, list(spec.space), spec.metric, spec.mode, base.train.steps), results
     return finish(results, base, spec), results
 
 
@@ -110,7 +114,7 @@ def test_pbt_copies_the_better_trials_checkpoint_and_the_copy_continues_from_its
     rows, results = run_spec(shards, tmp_path / "pbt", {
         "set": {**LIVE, "train.steps": 3}, "space": {"optim.lr_d": {"grid": [1e-4, 1e-3]}},
         "scheduler": "pbt", "pbt": {"perturbation_interval": 2, "synch": True,
-                                    "mutations": {"optim.lr_d": {"loguniform": [1e-4, 1e-3]}}}})
+                                    "mutations": {"optim.lr_d": {"loguniform": [1e-4, 1e-3]}}}}, report=False)
     assert all(r.error is None and r.metrics["step"] == 3 for r in rows)
     histories = reported(results)
     exploited = [t for t, reps in histories.items()  # (a report without the key has NaN there)
@@ -164,7 +168,7 @@ def test_an_interrupted_optuna_sweep_resumes_only_its_unfinished_trial(sweep_ray
     the_spec = parse_spec(yaml.safe_load(spec.read_text()), str(spec))
     base = load_config(DEBUG, [f"data.shards={shards}", f"train.out_dir={out}", *the_spec.overrides])
     results, base = sweep(base, the_spec, resume=True)
-    rows = finish(results, base, the_spec)
+    rows = collect(results, list(the_spec.space), the_spec.metric, the_spec.mode, base.train.steps)  # no report
     assert {r.trial: (r.error, r.metrics["step"]) for r in rows} == {done: (None, 10), unfinished: (None, 10)}
     assert len(list((out / "trials" / done / "ray").glob("train_*"))) == 1
     assert len(list((out / "trials" / unfinished / "ray").glob("train_*"))) == 2
