@@ -113,6 +113,7 @@ def collect(args) -> dict:
         runs.setdefault((family, labels), []).append({
             "seed": int(out.name.rsplit("_s", 1)[1]), "steps": rows[-1]["step"], "best": best, "at_best": at_best,
             "val_s": sum(r.get("perf/validation_s", 0) for r in rows), "last": rows[-1],
+            "val": [(r["step"], r[best["metric"]]) for r in rows if best["metric"] in r],
             "eval": json.loads((out / "test" / "eval.json").read_text()),
             "wall": json.loads((out / "wall.json").read_text()) if (out / "wall.json").exists() else {}})
     return runs
@@ -216,14 +217,15 @@ def curve(runs: dict) -> list[str]:
 def dynamics(runs: dict) -> list[str]:
     """What the runs' metrics.jsonl say at the selected (best) step and at the last step."""
     keys = ("loss/triplet", "grad_norm/E", "d/real", "d/fake", "loss/d", "loss/g")
-    lines = ["| run | seed | best step | " + " | ".join(f"{k} at best / last" for k in keys) + " | validation s |",
-             "| --- | ---: | ---: | " + " | ".join("---" for _ in keys) + " | ---: |"]
+    lines = ["| run | seed | best step | " + " | ".join(f"{k} at best / last" for k in keys) + " | validation s | val metric by step |",
+             "| --- | ---: | ---: | " + " | ".join("---" for _ in keys) + " | ---: | --- |"]
     for (family, labels), group in sorted(runs.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         for r in sorted(group, key=lambda r: r["seed"]):
             cells = [f"{r['at_best'][k]:.3g} / {r['last'][k]:.3g}" if k in r["at_best"] and k in r["last"] else "-"
                      for k in keys]
             lines.append(f"| {family}{f' l{labels}' if labels else ''} | {r['seed']} | {r['best']['step']} | "
-                         f"{' | '.join(cells)} | {r['val_s']:.0f} |")
+                         f"{' | '.join(cells)} | {r['val_s']:.0f} | {r['best']['metric']} "
+                         + ", ".join(f"{step}: {100 * v:.1f}" for step, v in r["val"]) + " |")
     return lines
 
 
