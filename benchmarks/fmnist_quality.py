@@ -217,16 +217,30 @@ def curve(runs: dict) -> list[str]:
 def dynamics(runs: dict) -> list[str]:
     """What the runs' metrics.jsonl say at the selected (best) step and at the last step."""
     keys = ("loss/triplet", "grad_norm/E", "d/real", "d/fake", "loss/d", "loss/g")
-    lines = ["| run | seed | best step | " + " | ".join(f"{k} at best / last" for k in keys) + " | validation s | val metric by step |",
-             "| --- | ---: | ---: | " + " | ".join("---" for _ in keys) + " | ---: | --- |"]
+    lines = ["| run | seed | best step | " + " | ".join(f"{k} at best / last" for k in keys) + " | validation s | load | val metric by step |",
+             "| --- | ---: | ---: | " + " | ".join("---" for _ in keys) + " | ---: | --- | --- |"]
     for (family, labels), group in sorted(runs.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         for r in sorted(group, key=lambda r: r["seed"]):
             cells = [f"{r['at_best'][k]:.3g} / {r['last'][k]:.3g}" if k in r["at_best"] and k in r["last"] else "-"
                      for k in keys]
             lines.append(f"| {family}{f' l{labels}' if labels else ''} | {r['seed']} | {r['best']['step']} | "
-                         f"{' | '.join(cells)} | {r['val_s']:.0f} | {r['best']['metric']} "
-                         + ", ".join(f"{step}: {100 * v:.1f}" for step, v in r["val"]) + " |")
+                         f"{' | '.join(cells)} | {r['val_s']:.0f} | {load(r)} | {r['best']['metric']} "
+                         + ", ".join(f"{step}: {100 * v:.1f}" for step, v in thin(r["val"], r["best"]["step"])) + " |")
     return lines
+
+
+def thin(points: list[tuple[int, float]], keep: int, most: int = 8) -> list[tuple[int, float]]:
+    """At most `most` evenly spaced points of a trajectory, plus the step `keep` (the best) and the last."""
+    if len(points) <= most:
+        return points
+    picked = {round(i * (len(points) - 1) / (most - 1)) for i in range(most)}
+    return [p for i, p in enumerate(points) if i in picked or p[0] == keep]
+
+
+def load(run: dict) -> str:
+    """The 1-minute load average when the run's pair started and ended (other users' work included)."""
+    w = run["wall"]
+    return f"{w['load_at_start']:.1f}/{w['load_at_end']:.1f}" if w else "-"
 
 
 def report(args) -> None:
