@@ -198,7 +198,8 @@ def bars(runs: dict) -> list[str]:
 
 def curve(runs: dict) -> list[str]:
     lines = ["| labels/class (fraction) | seeds | tribigan mAP | triplet mAP | mAP margin | tribigan 9-NN | "
-             "triplet 9-NN | 9-NN margin | per-seed mAP margins |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "triplet 9-NN | 9-NN margin | per-seed mAP margins |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for labels in sorted({k[1] for k in runs if k[0] == "tribigan"}):
         if ("triplet", labels) not in runs:
             continue
@@ -209,7 +210,8 @@ def curve(runs: dict) -> list[str]:
         for m in ("mAP", "9-NN"):
             va, vb = values(a, "model E", m), values(b, "model E", m)
             cells += [stats(va), stats(vb), f"{100 * (mean(va) - mean(vb)):+.2f}"]
-        per_seed = ", ".join(f"{100 * (x - y):+.2f}" for x, y in zip(values(a, "model E", "mAP"), values(b, "model E", "mAP")))
+        maps = zip(values(a, "model E", "mAP"), values(b, "model E", "mAP"))
+        per_seed = ", ".join(f"{100 * (x - y):+.2f}" for x, y in maps)
         lines.append(f"| {labels} ({labels * 10 / 600:.1f}%) | {len(a)} | {' | '.join(cells)} | {per_seed} |")
     return lines
 
@@ -217,7 +219,8 @@ def curve(runs: dict) -> list[str]:
 def dynamics(runs: dict) -> list[str]:
     """What the runs' metrics.jsonl say at the selected (best) step and at the last step."""
     keys = ("loss/triplet", "grad_norm/E", "d/real", "d/fake", "loss/d", "loss/g")
-    lines = ["| run | seed | best step | " + " | ".join(f"{k} at best / last" for k in keys) + " | validation s | load | val metric by step |",
+    lines = ["| run | seed | best step | " + " | ".join(f"{k} at best / last" for k in keys)
+             + " | validation s | load | val metric by step |",
              "| --- | ---: | ---: | " + " | ".join("---" for _ in keys) + " | ---: | --- | --- |"]
     for (family, labels), group in sorted(runs.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         for r in sorted(group, key=lambda r: r["seed"]):
@@ -253,10 +256,12 @@ def report(args) -> None:
              "Written by `benchmarks/fmnist_quality.py` (see its docstring); the plan, the hyperparameters and "
              "the reading are in benchmarks/results/fmnist_quality.md's hand-written part.", "",
              f"- machine: {platform.machine()}, {os.cpu_count()} CPUs; 1 torch thread per run, two runs at a time; "
-             f"1-minute load average at the start/end of the pairs: {min(loads, default=0):.1f}..{max(loads, default=0):.1f}",
+             "1-minute load average at the start/end of the pairs: "
+             f"{min(loads, default=0):.1f}..{max(loads, default=0):.1f}",
              f"- {args.minutes:g} min of training per run (train.time_limit_s, live validation included), "
              f"model.width {args.width}, batch 100; live validation every {args.every} steps (E families, val/map) "
-             f"or {args.every_d} (D families, val/probe) on 2,000 held-out training images against a 2,000-image gallery",
+             f"or {args.every_d} (D families, val/probe) on 2,000 held-out training images against a "
+             "2,000-image gallery",
              f"- test evaluation of checkpoints/best: 10,000 test queries against the first {args.gallery} training "
              "images (k-NN gallery and probe training set); cells: mean (min..max) over seeds, in %", "",
              "## Table (1% labels for tribigan and triplet)", "", *(table(runs, table_keys) if table_keys else []), "",
