@@ -23,11 +23,12 @@ def write_toy_shards(out: Path, counts: list[int]) -> Path:
 
 def assert_resume_repeats(cfg, stops, batches: int):
     """Rank 1 of 2 streams `batches` (unlabelled, labelled) batch pairs without a stop; for each stop,
-    streams restarted from the state after `stop` pairs give exactly the rest. Returns the last
-    resumed streams' state."""
+    streams restarted from the state after `stop` pairs give exactly the rest. Returns the state of
+    each resumed stream at the end, one per stop."""
     full = build_streams(cfg, rank=1, world_size=2, seed=7)
     reference = [(next(full.unlabelled), next(full.labelled)) for _ in range(batches)]
     full.close()
+    states = []
     for stop in stops:
         first = build_streams(cfg, rank=1, world_size=2, seed=7)
         for _ in range(stop):
@@ -41,6 +42,6 @@ def assert_resume_repeats(cfg, stops, batches: int):
             xl, yl = next(resumed.labelled)
             assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
             assert torch.equal(xl, xl_ref) and torch.equal(yl, yl_ref)
-        state = resumed.state_dict()
+        states.append(resumed.state_dict())
         resumed.close()
-    return state
+    return states
