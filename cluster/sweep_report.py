@@ -167,10 +167,15 @@ def plots(rows: list[TrialRow], keys: list[str], metric: str, log_keys: set[str]
     return written + [path]
 
 
+def ranked(results, base: Config, spec) -> list[TrialRow]:
+    """The sweep's trials, best first by the spec's metric (`collect` with the spec's settings)."""
+    return collect(results, list(spec.space), spec.metric, spec.mode, base.train.steps)
+
+
 def finish(results, base: Config, spec) -> list[TrialRow]:
     """Rank the trials, evaluate the best one on test, write sweep.csv, sweep.md and plots/."""
     keys = list(spec.space)
-    rows = collect(results, keys, spec.metric, spec.mode, base.train.steps)
+    rows = ranked(results, base, spec)
     out = Path(base.train.out_dir)
     if rows and rows[0].error is None and spec.metric in rows[0].metrics:
         rows[0].test = evaluate_on_test(rows[0], base)

@@ -17,7 +17,7 @@ import yaml
 
 from cluster import ray_env
 from cluster.sweep import sweep
-from cluster.sweep_report import collect
+from cluster.sweep_report import ranked
 from cluster.sweep_spec import parse_spec
 from cluster.trainer import run
 
@@ -85,5 +85,5 @@ def test_a_training_run_and_a_sweep_start_on_an_empty_pool_and_finish(empty_pool
                        "resources": {"num_workers": 1, "cpus_per_worker": 1}}, "test spec")
     base = debug_cfg(tmp_path / "sweep", "cluster.autoscale_timeout_s=240", *spec.overrides)
     results, base = sweep(base, spec)
-    rows = collect(results, list(spec.space), spec.metric, spec.mode, base.train.steps)  # ranked, no report
+    rows = ranked(results, base, spec)  # no report
     assert len(rows) == 2 and all(r.error is None and r.metrics["step"] == 2 for r in rows)

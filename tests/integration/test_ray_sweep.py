@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from cluster.sweep import sweep
-from cluster.sweep_report import collect, finish
+from cluster.sweep_report import finish, ranked
 from cluster.sweep_spec import parse_spec
 from tgan.config import load_config
 
@@ -54,7 +54,7 @@ def run_spec(shards, out, raw, *, report=True):
     base = load_config(DEBUG, [f"data.shards={shards}", f"train.out_dir={out}", *spec.overrides])
     results, base = sweep(base, spec)
     if not report:
-        return collect(results, list(spec.space), spec.metric, spec.mode, base.train.steps), results
+        return ranked(results, base, spec), results
     return finish(results, base, spec), results
 
 
@@ -168,7 +168,7 @@ def test_an_interrupted_optuna_sweep_resumes_only_its_unfinished_trial(sweep_ray
     the_spec = parse_spec(yaml.safe_load(spec.read_text()), str(spec))
     base = load_config(DEBUG, [f"data.shards={shards}", f"train.out_dir={out}", *the_spec.overrides])
     results, base = sweep(base, the_spec, resume=True)
-    rows = collect(results, list(the_spec.space), the_spec.metric, the_spec.mode, base.train.steps)  # no report
+    rows = ranked(results, base, the_spec)  # no report
     assert {r.trial: (r.error, r.metrics["step"]) for r in rows} == {done: (None, 10), unfinished: (None, 10)}
     assert len(list((out / "trials" / done / "ray").glob("train_*"))) == 1
     assert len(list((out / "trials" / unfinished / "ray").glob("train_*"))) == 2
