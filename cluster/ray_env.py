@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import psutil
 import pyarrow.fs
 import ray
 
@@ -26,6 +27,9 @@ from tgan.train.checkpoint import checkpoint_step
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONNECT_TIMEOUT_S = 10.0
 """How long an address may stay unreachable before we give up (ray.init alone retries ~60 s)."""
+LOCAL_START_ATTEMPTS = 3
+"""Tries to start a local Ray: Ray gives a new node a fixed 30 s to register with its GCS
+(ray/_private/node.py), which a loaded machine can miss."""
 
 
 class ClusterError(RuntimeError):
@@ -100,6 +104,24 @@ def connect(metrics_export_port: int | None = None) -> RayConnection:
     # Ray Train's preemption watcher follows node draining on clusters; a single machine is never
     # drained, and starting it makes the controller log an error-level line about its restarts.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        before = _descendants()
+        try:
+            _start_local(port)
+            break
+        except Exception as e:  # Ray raises a bare Exception when its node times out starting on a busy machine
+            _stop(_descendants() - before)  # the half-started node's GCS, raylet, dashboard, ...
+            ray.shutdown()  # forget the failed start
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if attempt == LOCAL_START_ATTEMPTS:
+                raise ClusterError(f"could not start a local Ray in this process ({first}), {attempt} tries: retry "
+                                   "when the machine is less busy, or set RAY_ADDRESS to join a running cluster") from e
+            print(f"local Ray did not start ({first}); stopped what it had started, try {attempt + 1} of "
+                  f"{LOCAL_START_ATTEMPTS}", flush=True)
+    return RayConnection(address="local", metrics_url=f"http://127.0.0.1:{port}/metrics")
+
+
+def _start_local(port: int) -> None:
     # Ray Train's PlacementGroupCleaner (an actor) asks Ray's State API every second whether the
     # controller is alive. The State API is served by the dashboard, so it must run (with
     # include_dashboard=False every query fails and logs "Failed to query Ray Train Controller actor
@@ -116,13 +138,23 @@ def connect(metrics_export_port: int | None = None) -> RayConnection:
                  # Push worker metrics to the agent every second instead of every 10 s, so short
                  # local runs show up in a scrape; clusters keep Ray's default.
                  _system_config={"metrics_report_interval_ms": 1000})
-    except Exception as e:  # Ray raises a bare Exception when its node times out starting on a busy machine
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ClusterError(f"could not start a local Ray in this process ({first}): retry when the machine is "
-                           "less busy, or set RAY_ADDRESS to join a running cluster") from e
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]  # a later `ray start` from this process picks its own
-    return RayConnection(address="local", metrics_url=f"http://127.0.0.1:{port}/metrics")
+
+
+def _descendants() -> set[psutil.Process]:
+    return set(psutil.Process().children(recursive=True))
+
+
+def _stop(processes: set[psutil.Process]) -> None:
+    """Kill `processes` and reap them: a failed ray.init leaves its node's processes running (Ray's
+    reaper stops them only when this process exits), and they would load the machine for the next try."""
+    for proc in processes:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes, timeout=10)
 
 
 def check_resources(cfg: ClusterConfig) -> None:

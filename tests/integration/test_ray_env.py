@@ -1,9 +1,13 @@
-"""cluster.ray_env without starting Ray: address parsing and reachability, storage paths, worker env."""
+"""cluster.ray_env: address parsing and reachability, storage paths, worker env, and a local start that
+times out on a busy machine (the one test here that starts Ray)."""
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import cluster
@@ -39,3 +43,45 @@ def test_worker_env_finds_this_checkout_and_picks_deepspeeds_cpu_accelerator_onl
     assert cpu["DS_ACCELERATOR"] == "cpu" and "DS_ACCELERATOR" not in gpu
     assert cpu["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"
     assert cpu["PYTHONPATH"].split(os.pathsep)[0] == str(Path(cluster.__file__).resolve().parents[1])
+
+
+def test_a_local_ray_that_times_out_starting_is_stopped_and_started_again(monkeypatch, capsys):
+    """Ray gives a new node 30 s to register; on a loaded machine the first start can miss that.
+    The failed start's processes (here a stand-in child) are killed and a real Ray starts next."""
+    import ray
+
+    from cluster.ray_env import connect
+
+    real_init, left = ray.init, []
+
+    def times_out(*args, **kwargs):
+        monkeypatch.setattr(ray, "init", real_init)
+        left.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]))
+        raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.setattr(ray, "init", times_out)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    try:
+        conn = connect()
+        assert conn.address == "local" and ray.is_initialized()
+        assert not psutil.pid_exists(left[0].pid)  # it slept 600 s: it ended because it was killed
+        assert ("local Ray did not start (The current node timed out during startup. This could happen because "
+                "...); stopped what it had started, try 2 of 3") in capsys.readouterr().out
+    finally:
+        ray.shutdown()
+
+
+def test_a_local_ray_that_never_starts_names_the_tries_and_what_to_do(monkeypatch):
+    import ray
+
+    from cluster.ray_env import connect
+
+    def times_out(*args, **kwargs):
+        raise Exception("The current node timed out during startup.")
+
+    monkeypatch.setattr(ray, "init", times_out)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ClusterError, match=r"^could not start a local Ray in this process \(The current node timed "
+                                           r"out during startup\.\), 3 tries: retry when the machine is less busy, "
+                                           r"or set RAY_ADDRESS to join a running cluster$"):
+        connect()
