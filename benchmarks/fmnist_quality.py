@@ -5,6 +5,7 @@ curve of tribigan against the triplet-only baseline.
     python benchmarks/fmnist_quality.py --part table [--minutes 3] [--seeds 0 1 2] [--gallery 5000]
     python benchmarks/fmnist_quality.py --part curve --labels 12 300 [--seeds 0 1]
     python benchmarks/fmnist_quality.py --part report      # only rewrite the results file from runs/
+    python benchmarks/fmnist_quality.py --part curve --labels 60 --set train.ema_decay=0.99 --out runs/fmnist_ema
 
 Every run is `launch/train_local.py --no-eval` on launch/recipes/fmnist_<family>.yaml (whose
 hyperparameters were chosen on the validation split, see the recipes' comments) with
@@ -66,6 +67,7 @@ def command(args, family: str, seed: int, labels: int) -> str:
             f"eval.live_probe={str(d_family).lower()}"]
     if family in LABELLED:
         sets.append(f"data.labels_per_class={labels}")
+    sets += args.set
     evaluate = [sys.executable, "launch/evaluate.py", str(out / "checkpoints" / "best"), "--out", str(out / "test"),
                 "--set", f"eval.max_train={args.gallery}", "--set", "eval.pictures=false",
                 "--set", "eval.fid_samples=0"]
@@ -284,6 +286,8 @@ def main() -> int:
     p.add_argument("--shards", default="data/fashion-mnist-28")
     p.add_argument("--out", default="runs/fmnist_quality")
     p.add_argument("--results", default="benchmarks/results/fmnist_quality_runs.md")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override for every run of this call (e.g. train.ema_decay=0.99), after the others")
     args = p.parse_args()
     os.chdir(ROOT)
     if args.part == "table":

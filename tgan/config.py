@@ -265,6 +265,11 @@ class TrainConfig:
     either way. The DeepSpeed backend takes its precision from cluster.deepspeed instead."""
     compile: bool = False
     """torch.compile every trained network (slow first steps while it compiles; for long GPU runs)."""
+    ema_decay: float = 0.0
+    """0 = off. Otherwise live validation, the best checkpoint and the evaluation use an exponential
+    moving average of every network's weights, updated after each step with this decay (0.99 averages
+    over ~100 steps, 0.999 over ~1000; warmed up over the first steps as TensorFlow's EMA does, see
+    tgan/train/ema.py). Checkpoints hold both; training and resume go on from the trained weights."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
@@ -279,6 +284,8 @@ class TrainConfig:
                "an integer >= 1")
         _check(self.resume != "", "train.resume", self.resume, "auto, never or a checkpoint directory")
         _check(self.precision in PRECISIONS, "train.precision", self.precision, _one_of(PRECISIONS))
+        _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", self.ema_decay,
+               "a number in [0, 1) (0 = off; 0.99 or 0.999 are usual)")
 
 
 @dataclass(kw_only=True)

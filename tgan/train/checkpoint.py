@@ -365,13 +365,15 @@ def check_world_size(path: str | Path, state: dict[str, Any], world_size: int) -
 
 
 def load_networks(path: str | Path) -> tuple[Config, dict[str, nn.Module]]:
-    """The config and the trained networks of a checkpoint, on CPU in eval mode, for evaluation."""
+    """The config and the networks of a checkpoint, on CPU in eval mode, for evaluation: the weights'
+    moving average when the run kept one (train.ema_decay), else the trained weights."""
     state = load_checkpoint(path, whole=False)
     cfg = config_from_dict(state["config"])
     meta = state["meta"]
     nets = build_networks(cfg, channels=meta["channels"], image_size=meta["image_size"],
                           num_classes=meta["num_classes"])
+    weights = state["ema"]["nets"] if "ema" in state else state["nets"]
     for name, net in nets.items():
-        net.load_state_dict(state["nets"][name])
+        net.load_state_dict(weights[name])
         net.eval()
     return cfg, nets

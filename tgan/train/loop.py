@@ -38,6 +38,7 @@ from tgan.train import checkpoint as ckpt
 from tgan.train import resume as resume_lib
 from tgan.train.backend import Backend, TorchBackend
 from tgan.train.checkpoint import CheckpointError
+from tgan.train.ema import WeightAverage
 from tgan.train.shards import ensure_shards
 
 Reporter = Callable[[int, dict[str, float], "Path | None"], None]
@@ -62,7 +63,7 @@ class TrainResult:
     checkpoint: Path | None
     """The last checkpoint written or resumed from."""
     nets: dict[str, nn.Module]
-    """The raw trained networks."""
+    """The networks to evaluate: the raw trained ones, or their average with train.ema_decay."""
 
 
 def seed_everything(seed: int) -> None:
@@ -257,6 +258,16 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
         net.to(device).train()
     backend = backend if backend is not None else TorchBackend.for_config(cfg)
     backend.setup(nets, family.groups_in_order, cfg.optim, device)
+    ema = None
+    if cfg.train.ema_decay > 0:
+        ema = WeightAverage({n: net.to(device) for n, net in build_networks(cfg, **meta).items()}, cfg.train.ema_decay)
+        if resumed is not None and "ema" in resumed.state:
+            ema.load_state_dict(resumed.state["ema"])
+        elif resumed is not None:  # switched on at this resume: the average starts from the resumed weights
+            ema.update({n: backend.raw(n) for n in nets})
+
+    def evaluated() -> dict[str, nn.Module]:
+        return ema.nets if ema is not None else {n: backend.raw(n) for n in nets}
 
     seed_everything(dist.rank_seed(cfg.train.seed, rank))
     if resumed is not None:
@@ -284,6 +295,8 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
             _maybe_fault(cfg, step)
             scalars, give_up = _train_step(cfg, step, streams, device, run_phase, family.groups_in_order,
                                            counters)
+            if ema is not None:
+                ema.update({n: backend.raw(n) for n in nets})
             done = step
             last = step == cfg.train.steps or _out_of_time(deadline, device)
             every = cfg.train.checkpoint_every
@@ -300,7 +313,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
                 progress.update(step, scalars)
             scalars["data/corrupt_samples"] = _global_sum(streams.corrupt_samples, device)
             if is_val:
-                scalars.update(validation({n: backend.raw(n) for n in nets}))
+                scalars.update(validation(evaluated()))
                 if progress is not None:
                     progress.update(step, scalars)  # a line with the new validation metrics
                 improved = not give_up and _improves_best(out, cfg.eval.best_metric, scalars, device)
@@ -312,7 +325,8 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
                     saved_path = last_ckpt = ckpt.save_checkpoint(
                         out, step, backend=backend, keep=cfg.train.keep_checkpoints, rank_dir=rank_dir,
                         state={"config": cfg.to_dict(), "meta": meta, "counters": dict(counters),
-                               "config_history": history, "nets": {n: backend.raw(n).state_dict() for n in nets}},
+                               "config_history": history, "nets": {n: backend.raw(n).state_dict() for n in nets},
+                               **({"ema": ema.state_dict()} if ema is not None else {})},
                         rank_state={"rng": ckpt.rng_state(), "data": streams.state_dict()})
                     if improved and rank == 0:
                         ckpt.keep_best(out, saved_path, {"step": step, "metric": cfg.eval.best_metric,
@@ -346,8 +360,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
             progress.close()
             runinfo.record_phase(out, "training", time.monotonic() - t_train, steps=[start, done],
                                  world_size=world, device=str(device), completed=done >= cfg.train.steps)
-    return TrainResult(step=done, scalars=scalars, checkpoint=last_ckpt,
-                       nets={n: backend.raw(n) for n in nets})
+    return TrainResult(step=done, scalars=scalars, checkpoint=last_ckpt, nets=evaluated())
 
 
 def _train_step(cfg: Config, step: int, streams, device: torch.device, run_phase: PhaseRunner,

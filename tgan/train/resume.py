@@ -31,7 +31,7 @@ from tgan.train.checkpoint import CheckpointError
 MUTABLE = (
     "train.steps", "train.time_limit_s", "train.out_dir", "train.device", "train.log_every",
     "train.checkpoint_every", "train.keep_checkpoints", "train.max_nonfinite_in_row", "train.fault_step",
-    "train.deterministic", "train.resume",
+    "train.deterministic", "train.resume", "train.ema_decay",
     "optim.lr", "optim.lr_d", "optim.lr_g", "optim.beta1", "optim.beta2", "optim.grad_clip",
     "loss.",
     "data.shards", "data.num_workers", "data.verify_checksums",
