@@ -5,7 +5,8 @@ curve of tribigan against the triplet-only baseline.
     python benchmarks/fmnist_quality.py --part table [--minutes 3] [--seeds 0 1 2] [--gallery 5000]
     python benchmarks/fmnist_quality.py --part curve --labels 12 300 [--seeds 0 1]
     python benchmarks/fmnist_quality.py --part report      # only rewrite the results file from runs/
-    python benchmarks/fmnist_quality.py --part curve --labels 60 --set train.ema_decay=0.99 --out runs/fmnist_ema
+    python benchmarks/fmnist_quality.py --part curve --labels 60 --set train.ema_decay=0.99 --out runs/fmnist_ema \
+        --results benchmarks/results/fmnist_quality_ema_runs.md   # --set: a new --out and --results
 
 Every run is `launch/train_local.py --no-eval` on launch/recipes/fmnist_<family>.yaml (whose
 hyperparameters were chosen on the validation split, see the recipes' comments) with
@@ -20,7 +21,7 @@ Runs go two at a time, as pairs, so that the models compared with each other sha
 alike: (tribigan, triplet) and (mbgan, dcgan) of one seed, then the bigan runs two by two; the curve
 pairs (tribigan, triplet) at each label count. A run whose evaluation exists is not run again, so an
 interrupted part continues where it stopped; the results file is rewritten after every pair from
-all the runs found under --out.
+all the runs found under --out (so runs with other --set overrides need an --out of their own).
 """
 from __future__ import annotations
 

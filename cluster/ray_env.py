@@ -110,14 +110,18 @@ def connect(metrics_export_port: int | None = None) -> RayConnection:
             _start_local(port)
             break
         except Exception as e:  # Ray raises a bare Exception when its node times out starting on a busy machine
-            _stop(_descendants() - before)  # the half-started node's GCS, raylet, dashboard, ...
+            left = _descendants() - before  # the half-started node's GCS, raylet, dashboard, ...
+            _stop(left)
             ray.shutdown()  # forget the failed start
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "timed out" not in first:
+                raise ClusterError(f"could not start a local Ray in this process ({first}): set RAY_ADDRESS to "
+                                   "join a running cluster, or see Ray's log in /tmp/ray/session_latest/logs") from e
             if attempt == LOCAL_START_ATTEMPTS:
                 raise ClusterError(f"could not start a local Ray in this process ({first}), {attempt} tries: retry "
                                    "when the machine is less busy, or set RAY_ADDRESS to join a running cluster") from e
-            print(f"local Ray did not start ({first}); stopped what it had started, try {attempt + 1} of "
-                  f"{LOCAL_START_ATTEMPTS}", flush=True)
+            print(f"local Ray did not start ({first}); stopped the {len(left)} process(es) it had left, try "
+                  f"{attempt + 1} of {LOCAL_START_ATTEMPTS}", flush=True)
     return RayConnection(address="local", metrics_url=f"http://127.0.0.1:{port}/metrics")
 
 

@@ -1,7 +1,8 @@
 """The training loop on 2 spawned gloo ranks with DDP: both ranks end with identical weights, every
-rank writes its own part of the checkpoint, a resumed run repeats every rank's losses and weights,
-and a diverging run, or one out of train.time_limit_s, stops on both ranks at the same step (the
-decision is agreed, so no rank waits in a collective for the other)."""
+rank writes its own part of the checkpoint, a resumed run repeats every rank's losses and weights
+(the weights' moving average too, equal on both ranks), and a diverging run, or one out of
+train.time_limit_s, stops on both ranks at the same step (the decision is agreed, so no rank waits
+in a collective for the other)."""
 import json
 from pathlib import Path
 
@@ -28,10 +29,11 @@ def _worker(rank, init_file, shards, tmp):
         torch.save({"params": {n: dict(net.named_parameters()) for n, net in result.nets.items()},
                     "scalars": result.scalars}, f"{tmp}/rank{rank}.pt")
 
-        # Resume on 2 ranks: every rank restores its own RNG and data position.
+        # Resume on 2 ranks: every rank restores its own RNG and data position, and the weights' moving
+        # average (train.ema_decay; what full.nets and half.nets are) continues exactly.
         seen = {"full": [], "half": []}
         record = (lambda key: lambda step, scalars, path: seen[key].append((step, scalars["loss/d"], scalars["loss/g"])))
-        resume_common = [f"data.shards={shards}", "train.checkpoint_every=0", "train.log_every=1"]
+        resume_common = [f"data.shards={shards}", "train.checkpoint_every=0", "train.log_every=1", "train.ema_decay=0.9"]
         full = train(load_config(DEBUG, [*resume_common, "train.steps=4", f"train.out_dir={tmp}/full"]),
                      reporter=record("full"))
         train(load_config(DEBUG, [*resume_common, "train.steps=2", f"train.out_dir={tmp}/half"]), reporter=record("half"))
@@ -40,7 +42,8 @@ def _worker(rank, init_file, shards, tmp):
                      reporter=record("half"))
         same_weights = all(torch.equal(a, b) for n in full.nets
                            for a, b in zip(full.nets[n].parameters(), half.nets[n].parameters()))
-        torch.save({"seen": seen, "same_weights": same_weights}, f"{tmp}/resume{rank}.pt")
+        torch.save({"seen": seen, "same_weights": same_weights, "ema": dict(full.nets["E"].named_parameters())},
+                   f"{tmp}/resume{rank}.pt")
 
         diverging = [*common, f"train.out_dir={tmp}/nan", "optim.lr=1e38", "train.max_nonfinite_in_row=2",
                      "train.steps=20"]
@@ -84,10 +87,14 @@ def test_two_rank_ddp_run_keeps_ranks_identical_and_checkpoints_every_rank(debug
     steps = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(steps) == 3  # rank 0 writes the metrics, once per step
 
-    for r in range(WORLD):
-        resume = torch.load(tmp_path / f"resume{r}.pt", weights_only=False)
+    resumes = [torch.load(tmp_path / f"resume{r}.pt", weights_only=False) for r in range(WORLD)]
+    for resume in resumes:
         assert resume["seen"]["full"] == resume["seen"]["half"] and len(resume["seen"]["full"]) == 4
         assert resume["same_weights"]
+    # (parameters: BatchNorm's running statistics are per rank, in the trained networks as in their average)
+    assert all(torch.equal(value, resumes[1]["ema"][key]) for key, value in resumes[0]["ema"].items())
+    assert not torch.equal(resumes[0]["ema"]["head.weight"],
+                           load_checkpoint(tmp_path / "full" / "checkpoints" / "step_00000004")["nets"]["E"]["head.weight"])
 
     stopped = [torch.load(tmp_path / f"stopped{r}.pt") for r in range(WORLD)]
     assert stopped[0] is not None and stopped[0] == stopped[1]

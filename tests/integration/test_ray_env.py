@@ -66,7 +66,7 @@ def test_a_local_ray_that_times_out_starting_is_stopped_and_started_again(monkey
         assert conn.address == "local" and ray.is_initialized()
         assert not psutil.pid_exists(left[0].pid)  # it slept 600 s: it ended because it was killed
         assert ("local Ray did not start (The current node timed out during startup. This could happen because "
-                "...); stopped what it had started, try 2 of 3") in capsys.readouterr().out
+                "...); stopped the 1 process(es) it had left, try 2 of 3") in capsys.readouterr().out
     finally:
         ray.shutdown()
 
@@ -85,3 +85,22 @@ def test_a_local_ray_that_never_starts_names_the_tries_and_what_to_do(monkeypatc
                                            r"out during startup\.\), 3 tries: retry when the machine is less busy, "
                                            r"or set RAY_ADDRESS to join a running cluster$"):
         connect()
+
+
+def test_a_local_start_that_fails_otherwise_is_not_tried_again(monkeypatch):
+    import ray
+
+    from cluster.ray_env import connect
+
+    calls = []
+
+    def fails(*args, **kwargs):
+        calls.append(1)
+        raise ValueError("Invalid dashboard_port")
+
+    monkeypatch.setattr(ray, "init", fails)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ClusterError, match=r"^could not start a local Ray in this process \(Invalid dashboard_port\): "
+                                           r"set RAY_ADDRESS to join a running cluster, or see Ray's log in "):
+        connect()
+    assert calls == [1]

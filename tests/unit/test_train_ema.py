@@ -39,8 +39,13 @@ def test_a_half_precision_network_is_averaged_in_fp32():
     half = nn.Linear(3, 2).to(torch.bfloat16)
     avg = WeightAverage({"L": nn.Linear(3, 2)}, decay=0.5)
     avg.update({"L": half})
-    assert avg.nets["L"].weight.dtype == torch.float32
-    assert torch.equal(avg.nets["L"].weight, half.weight.float())
+    first = half.weight.float().clone()
+    assert avg.nets["L"].weight.dtype == torch.float32 and torch.equal(avg.nets["L"].weight, first)
+    with torch.no_grad():
+        half.weight.add_(1.0)
+    avg.update({"L": half})  # the averaging path, not the first copy
+    keep = avg.decay_at(2)
+    assert torch.allclose(avg.nets["L"].weight, keep * first + (1 - keep) * half.weight.float(), atol=1e-6)
     assert not any(p.requires_grad for p in avg.nets["L"].parameters())
 
 
@@ -95,10 +100,16 @@ def test_a_resumed_run_continues_the_average_exactly(debug_shards, tmp_path):
             assert torch.allclose(value.float(), resumed.nets[name].state_dict()[key].float(), atol=1e-6), key
 
 
-def test_an_average_switched_on_at_resume_starts_from_the_resumed_weights(debug_shards, tmp_path):
+def test_an_average_switched_on_at_resume_starts_from_the_resumed_weights_and_a_new_best(debug_shards, tmp_path):
     first = train(cfg_for(debug_shards, tmp_path / "run", "train.steps=2"))
     trained = ckpt.load_checkpoint(first.checkpoint)["nets"]
+    best = tmp_path / "run" / "checkpoints" / "best.json"
+    assert json.loads(best.read_text())["weights"] == "trained"
+    best.write_text(json.dumps({**json.loads(best.read_text()), "value": 2.0}))  # unbeatable by trained weights
     resumed = train(cfg_for(debug_shards, tmp_path / "run", "train.steps=3", "train.ema_decay=0.9"))
+    # step 3 validates the average: it is not compared with a best scored on the trained weights
+    assert {k: v for k, v in json.loads(best.read_text()).items() if k != "value"} == \
+        {"step": 3, "metric": "val/map", "weights": "ema"}
     state = ckpt.load_checkpoint(resumed.checkpoint)
     assert state["ema"]["updates"] == 2  # the resumed weights, then step 3
     keep = min(0.9, 3 / 12)

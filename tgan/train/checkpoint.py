@@ -4,7 +4,8 @@ loaded without unpickling arbitrary objects, the last few kept.
 Layout of a checkpoint directory `step_00000042/`:
 - `state.pt` (rank 0): resolved config dict, completed step count, world size, every network's
   state_dict (from the raw modules, so evaluation needs no backend), counters, the data set's shape
-  (`meta`) and the history of config changes made on resume (`config_history`);
+  (`meta`), the history of config changes made on resume (`config_history`) and, with
+  train.ema_decay, the weights' moving average (`ema`: update count and state_dicts, tgan/train/ema.py);
 - `rank_<r>.pt` (every rank): that rank's RNG states (torch CPU and CUDA, numpy, python) and its
   data position (`streams.state_dict()`);
 - whatever `backend.save(dir)` writes (TorchBackend: `optim.pt` on rank 0; DeepSpeed: each rank its
@@ -89,7 +90,8 @@ BEST = "best"
 
 
 def read_best(out_dir: str | Path) -> dict[str, Any] | None:
-    """{"step", "metric", "value"} of the run's best checkpoint, or None when it has none (yet)."""
+    """{"step", "metric", "value", "weights"} of the run's best checkpoint ("weights": "ema" when the
+    moving average was scored, else "trained"; absent in runs before train.ema_decay), or None."""
     file = checkpoint_dir(out_dir) / f"{BEST}.json"
     if not file.is_file() or not (checkpoint_dir(out_dir) / BEST).is_dir():
         return None

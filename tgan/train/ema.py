@@ -7,7 +7,8 @@ running statistics too) of the average moves towards the trained one,
     w_ema <- d_t * w_ema + (1 - d_t) * w,   d_t = min(train.ema_decay, (1 + t) / (10 + t)),
 
 with TensorFlow's ExponentialMovingAverage(num_updates=t) warm-up: without it a run of a few hundred
-steps at decay 0.999 would evaluate mostly its first step's weights. Integer buffers are copied.
+steps at decay 0.999 would evaluate mostly its first step's weights. The first update copies the
+weights (the average starts there); integer buffers are always copied.
 The average is kept in fp32 beside the trained networks (on their device) and is checkpointed with
 them. torch.optim.swa_utils.AveragedModel computes the same average, but has no warm-up and lerps only
 between tensors of one dtype (DeepSpeed's bf16/fp16 modules); hence this class.
@@ -40,15 +41,18 @@ class WeightAverage:
     def update(self, trained: dict[str, nn.Module]) -> None:
         """Average in the trained networks' current weights (after a training step)."""
         self.updates += 1
-        keep = self.decay_at(self.updates)
+        averaged, targets = [], []
         for name, avg in self.nets.items():
             current = trained[name].state_dict()
             for key, t in avg.state_dict().items():
-                new = current[key].detach().to(t.dtype)
+                new = current[key].detach().to(t.dtype)  # fp32 from DeepSpeed's bf16/fp16 modules
                 if self.updates == 1 or not t.is_floating_point():
                     t.copy_(new)
                 else:
-                    t.lerp_(new, 1.0 - keep)
+                    averaged.append(t)
+                    targets.append(new)
+        if averaged:
+            torch._foreach_lerp_(averaged, targets, 1.0 - self.decay_at(self.updates))
 
     def state_dict(self) -> dict[str, Any]:
         return {"updates": self.updates, "nets": {n: net.state_dict() for n, net in self.nets.items()}}

@@ -154,12 +154,15 @@ def _out_of_time(deadline: float | None, device: torch.device) -> bool:
     return deadline is not None and _rank0_says(time.monotonic() >= deadline, device)
 
 
-def _improves_best(out: Path, metric: str, scalars: dict[str, float], device: torch.device) -> bool:
+def _improves_best(out: Path, metric: str, scalars: dict[str, float], weights: str, device: torch.device) -> bool:
     """Whether this validation beats the run's best checkpoint (rank 0 reads best.json; a PBT or
-    failure restart keeps the run directory's best, whichever weights it continues from)."""
+    failure restart keeps the run directory's best, whichever weights it continues from). A best
+    scored on the other `weights` ("ema" or "trained": train.ema_decay switched at a resume) does not count."""
     if dist.rank() != 0:
         return _rank0_says(False, device)
     best = ckpt.read_best(out)
+    if best is not None and best.get("weights", "trained") != weights:
+        best = None
     value = scalars[metric]
     better = (lambda a, b: a < b) if metric in LOWER_IS_BETTER else (lambda a, b: a > b)
     return _rank0_says(math.isfinite(value) and (best is None or better(value, best["value"])), device)
@@ -268,6 +271,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
 
     def evaluated() -> dict[str, nn.Module]:
         return ema.nets if ema is not None else {n: backend.raw(n) for n in nets}
+    weights = "ema" if ema is not None else "trained"
 
     seed_everything(dist.rank_seed(cfg.train.seed, rank))
     if resumed is not None:
@@ -316,11 +320,12 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
                 scalars.update(validation(evaluated()))
                 if progress is not None:
                     progress.update(step, scalars)  # a line with the new validation metrics
-                improved = not give_up and _improves_best(out, cfg.eval.best_metric, scalars, device)
+                improved = not give_up and _improves_best(out, cfg.eval.best_metric, scalars, weights, device)
                 is_ckpt = is_ckpt or improved  # the best model must exist as a checkpoint to be kept
             saved_path = None
             if is_ckpt:
-                bad = _nonfinite_tensor({n: backend.raw(n) for n in nets})
+                bad = _nonfinite_tensor({n: backend.raw(n) for n in nets} |
+                                        ({f"ema.{n}": net for n, net in ema.nets.items()} if ema is not None else {}))
                 if _all_true(bad is None, device):
                     saved_path = last_ckpt = ckpt.save_checkpoint(
                         out, step, backend=backend, keep=cfg.train.keep_checkpoints, rank_dir=rank_dir,
@@ -329,7 +334,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
                                **({"ema": ema.state_dict()} if ema is not None else {})},
                         rank_state={"rng": ckpt.rng_state(), "data": streams.state_dict()})
                     if improved and rank == 0:
-                        ckpt.keep_best(out, saved_path, {"step": step, "metric": cfg.eval.best_metric,
+                        ckpt.keep_best(out, saved_path, {"step": step, "metric": cfg.eval.best_metric, "weights": weights,
                                                          "value": scalars[cfg.eval.best_metric]})
                 elif rank == 0 or bad is not None:
                     print(f"step {step}: checkpoint not written: the weights hold non-finite values "

@@ -120,7 +120,7 @@ def _unique(paths: Iterable[Path]) -> Iterable[Path]:
 class Resumed:
     path: Path
     state: dict
-    """state.pt: config, step, world_size, nets, counters, meta, config_history."""
+    """state.pt: config, step, world_size, nets, counters, meta, config_history (and ema, see tgan/train/ema.py)."""
     rank_state: dict | None
     """This rank's rank_<r>.pt (rng, data); None when opened without a rank."""
     changes: dict[str, list] = field(default_factory=dict)
