@@ -18,8 +18,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def ray_head():
+def _start_head() -> tuple[subprocess.Popen, str]:
     ports = {flag: free_port() for flag in (
         "--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port", "--object-manager-port",
         "--metrics-export-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
@@ -31,29 +30,52 @@ def ray_head():
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return head, f"http://127.0.0.1:{ports['--dashboard-port']}"
+
+
+def _stop_head(head: subprocess.Popen) -> None:
     try:
-        yield f"http://127.0.0.1:{ports['--dashboard-port']}"
-    finally:
         os.killpg(head.pid, signal.SIGTERM)  # the head and every process it started share its group
-        try:
-            head.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+    except ProcessLookupError:
+        return
+    try:
+        head.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+
+
+@pytest.fixture
+def ray_head():
+    """The head's dashboard URL once it answers. `ray start` exits when its node misses Ray's fixed 30 s
+    registration wait (a loaded machine): the start is then tried again, up to 3 times."""
+    from ray.job_submission import JobSubmissionClient
+
+    for attempt in range(3):
+        head, url = _start_head()
+        deadline = time.monotonic() + 90
+        while head.poll() is None and time.monotonic() < deadline:
+            try:
+                JobSubmissionClient(url)
+                break
+            except Exception:  # the dashboard is still starting
+                time.sleep(1)
+        else:
+            output = head.stdout.read().decode(errors="replace") if head.poll() is not None else "(still starting)"
+            _stop_head(head)
+            assert attempt < 2, f"`ray start --head` did not come up in 3 tries: {output[-2000:]}"
+            continue
+        break
+    try:
+        yield url
+    finally:
+        _stop_head(head)
 
 
 def test_ray_job_submit_runs_the_debug_recipe_on_a_started_head(ray_head, shards, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            client = JobSubmissionClient(ray_head)
-            break
-        except Exception:  # the dashboard is still starting
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
+    client = JobSubmissionClient(ray_head)
     out = tmp_path / "job_run"
     entrypoint = (f"{sys.executable} {ROOT / 'launch' / 'train.py'} --config {ROOT / 'launch' / 'recipes' / 'debug.yaml'}"
                   f" --set data.shards={shards} --set train.out_dir={out} --set cluster.report_every=2")
