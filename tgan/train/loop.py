@@ -261,16 +261,15 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
         net.to(device).train()
     backend = backend if backend is not None else TorchBackend.for_config(cfg)
     backend.setup(nets, family.groups_in_order, cfg.optim, device)
+    trained = {n: backend.raw(n) for n in nets}  # the backend's own modules (SyncBatchNorm may replace nets')
     ema = None
     if cfg.train.ema_decay > 0:
         ema = WeightAverage({n: net.to(device) for n, net in build_networks(cfg, **meta).items()}, cfg.train.ema_decay)
         if resumed is not None and "ema" in resumed.state:
             ema.load_state_dict(resumed.state["ema"])
         elif resumed is not None:  # switched on at this resume: the average starts from the resumed weights
-            ema.update({n: backend.raw(n) for n in nets})
-
-    def evaluated() -> dict[str, nn.Module]:
-        return ema.nets if ema is not None else {n: backend.raw(n) for n in nets}
+            ema.update(trained)
+    evaluated = ema.nets if ema is not None else trained
     weights = "ema" if ema is not None else "trained"
 
     seed_everything(dist.rank_seed(cfg.train.seed, rank))
@@ -300,7 +299,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
             scalars, give_up = _train_step(cfg, step, streams, device, run_phase, family.groups_in_order,
                                            counters)
             if ema is not None:
-                ema.update({n: backend.raw(n) for n in nets})
+                ema.update(trained)
             done = step
             last = step == cfg.train.steps or _out_of_time(deadline, device)
             every = cfg.train.checkpoint_every
@@ -317,25 +316,25 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
                 progress.update(step, scalars)
             scalars["data/corrupt_samples"] = _global_sum(streams.corrupt_samples, device)
             if is_val:
-                scalars.update(validation(evaluated()))
+                scalars.update(validation(evaluated))
                 if progress is not None:
                     progress.update(step, scalars)  # a line with the new validation metrics
                 improved = not give_up and _improves_best(out, cfg.eval.best_metric, scalars, weights, device)
                 is_ckpt = is_ckpt or improved  # the best model must exist as a checkpoint to be kept
             saved_path = None
             if is_ckpt:
-                bad = _nonfinite_tensor({n: backend.raw(n) for n in nets} |
-                                        ({f"ema.{n}": net for n, net in ema.nets.items()} if ema is not None else {}))
+                averaged = {f"ema.{n}": net for n, net in ema.nets.items()} if ema is not None else {}
+                bad = _nonfinite_tensor(trained | averaged)
                 if _all_true(bad is None, device):
                     saved_path = last_ckpt = ckpt.save_checkpoint(
                         out, step, backend=backend, keep=cfg.train.keep_checkpoints, rank_dir=rank_dir,
                         state={"config": cfg.to_dict(), "meta": meta, "counters": dict(counters),
-                               "config_history": history, "nets": {n: backend.raw(n).state_dict() for n in nets},
+                               "config_history": history, "nets": {n: net.state_dict() for n, net in trained.items()},
                                **({"ema": ema.state_dict()} if ema is not None else {})},
                         rank_state={"rng": ckpt.rng_state(), "data": streams.state_dict()})
                     if improved and rank == 0:
-                        ckpt.keep_best(out, saved_path, {"step": step, "metric": cfg.eval.best_metric, "weights": weights,
-                                                         "value": scalars[cfg.eval.best_metric]})
+                        ckpt.keep_best(out, saved_path, {"step": step, "metric": cfg.eval.best_metric,
+                                                         "weights": weights, "value": scalars[cfg.eval.best_metric]})
                 elif rank == 0 or bad is not None:
                     print(f"step {step}: checkpoint not written: the weights hold non-finite values "
                           f"({bad or 'on another rank'}); the last finite checkpoint is {last_ckpt}",
@@ -365,7 +364,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
             progress.close()
             runinfo.record_phase(out, "training", time.monotonic() - t_train, steps=[start, done],
                                  world_size=world, device=str(device), completed=done >= cfg.train.steps)
-    return TrainResult(step=done, scalars=scalars, checkpoint=last_ckpt, nets=evaluated())
+    return TrainResult(step=done, scalars=scalars, checkpoint=last_ckpt, nets=evaluated)
 
 
 def _train_step(cfg: Config, step: int, streams, device: torch.device, run_phase: PhaseRunner,
