@@ -45,27 +45,31 @@ def _stop_head(head: subprocess.Popen) -> None:
         head.wait()
 
 
+def _answers(head: subprocess.Popen, url: str) -> bool:
+    """Whether the head's dashboard answers at `url` before the head exits or 90 s pass."""
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + 90
+    while head.poll() is None and time.monotonic() < deadline:
+        try:
+            JobSubmissionClient(url)
+            return True
+        except Exception:  # the dashboard is still starting
+            time.sleep(1)
+    return False
+
+
 @pytest.fixture
 def ray_head():
     """The head's dashboard URL once it answers. `ray start` exits when its node misses Ray's fixed 30 s
     registration wait (a loaded machine): the start is then tried again, up to 3 times."""
-    from ray.job_submission import JobSubmissionClient
-
-    for attempt in range(3):
+    for attempt in range(1, 4):
         head, url = _start_head()
-        deadline = time.monotonic() + 90
-        while head.poll() is None and time.monotonic() < deadline:
-            try:
-                JobSubmissionClient(url)
-                break
-            except Exception:  # the dashboard is still starting
-                time.sleep(1)
-        else:
-            output = head.stdout.read().decode(errors="replace") if head.poll() is not None else "(still starting)"
-            _stop_head(head)
-            assert attempt < 2, f"`ray start --head` did not come up in 3 tries: {output[-2000:]}"
-            continue
-        break
+        if _answers(head, url):
+            break
+        output = head.stdout.read().decode(errors="replace") if head.poll() is not None else "(still starting)"
+        _stop_head(head)
+        assert attempt < 3, f"`ray start --head` did not come up in 3 tries: {output[-2000:]}"
     try:
         yield url
     finally:
