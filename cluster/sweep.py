@@ -6,10 +6,9 @@ trial's config and runs one full tgan Ray Train run (DDP or DeepSpeed over the s
 A Train callback (`_ToTune`, in Train's controller) hands every report of the run to the trial, which
 passes those that carry the validation metric on to Tune with `ray.tune.report`, together with the
 newest checkpoint Train stored since. So schedulers see the metric during training: ASHA stops a
-trial mid-run, PBT copies a better trial's checkpoint into a worse one, and a failed or interrupted
-trial is restarted from its own last checkpoint (`tune.get_checkpoint()`), which the trial copies
-into its out_dir and resumes from (a new Ray Train run name each start, so Train never silently
-restores an older state).
+trial mid-run, and PBT copies a better trial's checkpoint into a worse one (`tune.get_checkpoint()`),
+and a failed or interrupted trial (Ctrl-C, then --resume) continues from its own newest checkpoint,
+each start in a new Ray Train run.
 
 Each trial writes into <train.out_dir>/trials/<trial id> (checkpoints, metrics.jsonl, config.yaml);
 Tune's own state goes to <train.out_dir>/tune (what --resume restores). The trial driver holds no
@@ -18,7 +17,7 @@ metric, its last value) is evaluated once on the test split; see cluster/sweep_r
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import shutil
 import threading
 import uuid
@@ -47,43 +46,79 @@ def _ray_train_callback():
     return _ToTune
 
 
-def _adopt(restored, out: Path) -> Path:
-    """Copy the checkpoint Tune restarts this trial from (its own last one, or under PBT a better
-    trial's) into out/checkpoints, dropping any of this trial's own checkpoints from its step on
-    (the resumed run redoes those steps, and train.resume=auto must not pick a stale later one)."""
-    with restored.as_directory() as src:
-        step = int(ckpt.load_checkpoint(src)["step"])
-        for later in ckpt.list_checkpoints(out):
-            if int(later.name[len(ckpt.PREFIX):]) >= step:
-                shutil.rmtree(later)
-        dest = ckpt.checkpoint_dir(out) / f"{ckpt.PREFIX}{step:08d}"
-        shutil.copytree(src, dest)
+RUN_NAME = "train_run"
+"""<trial out_dir>/train_run: the name of the trial's newest Ray Train run (one per start of the trial)."""
+
+
+def _adopt(src: Path, out: Path) -> Path:
+    """Copy the checkpoint directory a start of the trial continues into out/checkpoints, dropping
+    any of the trial's checkpoints there from its step on (the run redoes those steps, and a stale
+    later one must not be taken for the newest)."""
+    step = int(ckpt.load_checkpoint(src)["step"])
+    for later in ckpt.list_checkpoints(out):
+        if int(later.name[len(ckpt.PREFIX):]) >= step:
+            shutil.rmtree(later)
+    dest = ckpt.checkpoint_dir(out) / f"{ckpt.PREFIX}{step:08d}"
+    shutil.copytree(src, dest)
     return dest
 
 
+def _start_from(restored, trial_id: str, out: Path, storage: str, steps: int) -> Path | None:
+    """The checkpoint this start of the trial continues, copied into out/checkpoints (None: from scratch).
+
+    Tune's checkpoint when it is another trial's (PBT's exploit). Else the trial's own newest one
+    below train.steps: Tune's, or one that the trial's previous Ray Train run stored after it, since
+    a Ctrl-C (or PBT pausing the trial) stops Tune before it takes the reports in flight. Below
+    train.steps, so that a run cut after its last checkpoint redoes its last steps and reports them.
+    """
+    from cluster import ray_env
+
+    with contextlib.ExitStack() as stack:
+        tuned = Path(stack.enter_context(restored.as_directory())) if restored is not None else None
+        state = ckpt.load_checkpoint(tuned, whole=False) if tuned is not None else None
+        if state is not None and Path(state["config"]["train"]["out_dir"]).name != trial_id:
+            return _adopt(tuned, out)
+        previous = out / RUN_NAME
+        if previous.is_file():
+            fs, run = ray_env.run_storage(f"{storage.rstrip('/')}/{previous.read_text().strip()}")
+            below = [n for n in ray_env.stored_steps(fs, run) if ckpt.checkpoint_step(Path(n)) < steps]
+            if below and (state is None or ckpt.checkpoint_step(Path(below[0])) > int(state["step"])):
+                tuned = next(stack.enter_context(contextlib.closing(ray_env.fetched(fs, run, below[:1]))))
+        return _adopt(tuned, out) if tuned is not None else None
+
+
 def _trial(point: dict, *, base: dict, metric: str) -> None:
-    """One Tune trial: a tgan Ray Train run whose validation reports (and checkpoints) go to Tune."""
+    """One Tune trial: a tgan Ray Train run whose validation reports (and checkpoints) go to Tune.
+
+    Each start of the trial is a new Ray Train run (so Train never restores a state on its own),
+    continuing the checkpoint `_start_from` picks. The report of the last step (train.steps) goes
+    to Tune once the run has ended, marked done: a scheduler's decision on it (ASHA stops a trial
+    at its max_t, PBT may exploit) would stop the trial, and Tune stopping a trial ends its actor
+    and everything started from it, which must not cut a run that is still finishing."""
     from ray import tune
-    from ray.util.queue import Queue
+    from ray.util.queue import Empty, Queue
 
     from cluster import ray_env
     from cluster.trainer import build_trainer, user_error
 
     cfg = config_from_dict(base)
-    out = Path(cfg.train.out_dir) / "trials" / tune.get_context().get_trial_id()
+    trial_id = tune.get_context().get_trial_id()
+    out = Path(cfg.train.out_dir) / "trials" / trial_id
     cfg = trial_config(cfg, point, out)
-    restored = tune.get_checkpoint()
+    storage = ray_env.storage_path(cfg.cluster, out)
+    start = _start_from(tune.get_checkpoint(), trial_id, out, storage, cfg.train.steps)
     origin = {}
-    if restored is not None:
-        adopted = _adopt(restored, out)
-        state = ckpt.load_checkpoint(adopted)
+    if start is not None:
+        state = ckpt.load_checkpoint(start, whole=False)
         # Which trial's checkpoint this start continues (its own, or under PBT a better trial's).
         origin = {"started_from": Path(state["config"]["train"]["out_dir"]).name, "started_at": int(state["step"])}
-        cfg = trial_config(cfg, {"train.resume": str(adopted)}, out)
+        cfg = trial_config(cfg, {"train.resume": str(start)}, out)
+    name = f"train_{uuid.uuid4().hex[:8]}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_NAME).write_text(name)
 
     queue = Queue(actor_options={"num_cpus": 0})
-    trainer = build_trainer(cfg, ray_env.storage_path(cfg.cluster, out), name=f"train_{uuid.uuid4().hex[:8]}",
-                            callbacks=[_ray_train_callback()(queue)])
+    trainer = build_trainer(cfg, storage, name=name, callbacks=[_ray_train_callback()(queue)])
     failure: list[BaseException] = []
 
     def fit() -> None:
@@ -95,18 +130,30 @@ def _trial(point: dict, *, base: dict, metric: str) -> None:
             failure.append(user_error(e))
         except BaseException as e:  # handed to the trial's thread, which raises it to Tune
             failure.append(e)
-        finally:
-            queue.put(None)
 
-    threading.Thread(target=fit, daemon=True).start()
-    pending = None
-    while (item := queue.get()) is not None:
-        metrics, stored = item
+    # Only Train's controller writes to the queue, and the trial's thread reads it until the run has
+    # ended and the queue is empty. When Tune stops the trial (ASHA, PBT, Ctrl-C), the queue ends
+    # with the trial's actor, and the run's thread with it, without writing to a dead queue.
+    runner = threading.Thread(target=fit, daemon=True)
+    runner.start()
+    pending, final = None, None
+    while True:
+        try:
+            metrics, stored = queue.get(timeout=0.5)
+        except Empty:
+            if runner.is_alive() or not queue.empty():
+                continue
+            break
         pending = stored or pending
         if metric in metrics:
-            checkpoint = tune.Checkpoint(pending) if pending else None
-            tune.report({**metrics, **origin, "out_dir": str(out)}, checkpoint=checkpoint)
+            report = ({**metrics, **origin, "out_dir": str(out)}, tune.Checkpoint(pending) if pending else None)
             pending = None
+            if int(metrics.get("step", 0)) < cfg.train.steps:
+                tune.report(report[0], checkpoint=report[1])
+            else:
+                final = report
+    if final is not None:  # done: Tune takes it as the trial's end, without asking the scheduler
+        tune.report({**final[0], "done": True}, checkpoint=final[1])
     if failure:
         raise failure[0]
 
@@ -175,12 +222,16 @@ def tuner(base: Config, spec: SweepSpec, *, resume: bool):
 
 
 def unfinished_trials(out_dir: str) -> list[str]:
-    """Ids of the trials that Tune's saved experiment state (what `Tuner.restore` reads, in
-    <out_dir>/tune) holds as neither terminated nor failed: after a Ctrl-C Tune saves the running
-    trials as running, but the ResultGrid it returns calls them terminated."""
-    newest = max((Path(out_dir) / TUNE_DIR).glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
-    trials = [json.loads(trial) for trial, _ in json.loads(newest.read_text())["trial_data"]]
-    return [t["trial_id"] for t in trials if t["status"] not in ("TERMINATED", "ERROR")]
+    """Ids of the trials that Tune's saved experiment state (in <out_dir>/tune) holds as neither
+    terminated nor failed: after a Ctrl-C Tune saves the running trials as running, but the
+    ResultGrid it returns calls them terminated. Read with Tune's ExperimentAnalysis, which picks
+    the state file the way `Tuner.restore` does (the newest by the session time in its name: a
+    restored sweep rewrites the older files too, so their modification times say nothing)."""
+    from ray.tune import ExperimentAnalysis
+    from ray.tune.experiment import Trial
+
+    trials = ExperimentAnalysis(str(Path(out_dir) / TUNE_DIR)).trials
+    return [t.trial_id for t in trials if t.status not in (Trial.TERMINATED, Trial.ERROR)]
 
 
 def prepare(base: Config, spec: SweepSpec, *, resume: bool) -> Config:

@@ -36,7 +36,7 @@ def test_a_trial_config_has_the_point_and_its_own_out_dir():
 
 
 def test_every_shipped_spec_is_valid_for_its_recipe():
-    recipes = {"debug": "debug", "fmnist_mbgan_alpha_k": "fmnist_mbgan", "fmnist_tribigan_optuna": "fmnist_tribigan",
+    recipes = {"debug": "debug", "debug_pbt": "debug", "fmnist_mbgan_alpha_k": "fmnist_mbgan", "fmnist_tribigan_optuna": "fmnist_tribigan",
                "fmnist_tribigan_labels": "fmnist_tribigan"}
     for path in sorted((ROOT / "launch" / "sweeps").glob("*.yaml")):
         spec = load_spec(path)
