@@ -1,6 +1,7 @@
-"""Real Ray Tune sweeps of the debug recipe on the local Ray: trials report live validation during
-training, ASHA stops a trial early, PBT hands a checkpoint from one trial to another, and an
-interrupted Optuna sweep is finished by --resume without rerunning its finished trial."""
+"""Real Ray Tune sweeps of the debug recipe on the local Ray: a sweep interrupted by Ctrl-C is finished
+by --resume, its interrupted trial continuing from its checkpoint; trials report live validation
+during training, ASHA stops a trial early, PBT (launch/sweeps/debug_pbt.yaml) hands a checkpoint
+from one trial to another."""
 import csv
 import json
 import os
@@ -63,6 +64,48 @@ def reported(results):
     return {r.metrics["trial_id"]: r.metrics_dataframe.to_dict("records") for r in results}
 
 
+def test_a_sweep_interrupted_by_ctrl_c_finishes_with_resume_and_its_trial_continues(shards, tmp_path):
+    # The shipped debug sweep, 2 trials one at a time, 10 steps (so that the first is still running
+    # when the test sees its step-2 checkpoint), started as a user does. Runs before the module's
+    # Ray starts: each command starts its own.
+    out = tmp_path / "sweep"
+    spec = tmp_path / "debug2.yaml"
+    spec.write_text(yaml.safe_dump({**yaml.safe_load((ROOT / "launch" / "sweeps" / "debug.yaml").read_text()),
+                                    "num_samples": 2, "max_concurrent": 1}))
+    cmd = [sys.executable, str(ROOT / "launch" / "sweep.py"), "--config", str(DEBUG), "--sweep", str(spec),
+           "--set", f"data.shards={shards}", "--set", f"train.out_dir={out}", "--set", "train.steps=10"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    # Its own session, so that the test's Ctrl-C reaches the whole process group, as a terminal's does.
+    first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    deadline = time.monotonic() + 900  # an upper bound for a machine at load 20; a minute or two here
+    while not list(out.glob("trials/*/ray/train_*/step_00000002")):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0][-3000:]
+        time.sleep(0.2)
+    (trial,) = [p.name for p in out.glob("trials/*")]
+    os.killpg(first.pid, signal.SIGINT)  # Tune saves its state and stops
+    interrupted = first.communicate(timeout=300)[0]
+    assert first.returncode == 1 and "sweep interrupted with" in interrupted, interrupted[-3000:]
+
+    second = subprocess.run([*cmd, "--resume"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=900)
+    resumed = second.stdout
+    assert second.returncode == 0 and "sweep of 2 trials" in resumed, resumed[-3000:]
+    for text in (interrupted, resumed):  # Ctrl-C, the trials' ends (stopped by ASHA or not): no traceback
+        assert "Traceback" not in text and "ActorDiedError" not in text, text[-5000:]
+    table = list(csv.DictReader((out / "sweep.csv").open()))
+    assert len(table) == 2 and not any(row["error"] for row in table) and table[0]["test_map"]
+    assert {row["trial"] for row in table} >= {trial} and (out / "plots" / "curves.png").is_file()
+    assert next(row for row in table if row["trial"] == trial)["steps"] == "10"
+    # The interrupted trial continued from its own checkpoint: its metrics count on (the resumed run
+    # dropped the lines after that checkpoint and redid those steps), and its reports say where from.
+    steps = [json.loads(line)["step"] for line in (out / "trials" / trial / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))
+    (tune_result,) = out.glob(f"tune/*{trial}*/result.json")
+    last = json.loads(tune_result.read_text().splitlines()[-1])
+    assert last["step"] == 10 and last["started_from"] == trial and last["started_at"] >= 2
+
+
 def test_asha_stops_the_worse_trial_early_on_live_validation(sweep_ray, shards, tmp_path):
     # A 10-image gallery (one per class) gives a far higher validation mAP than a 300-image one, so
     # the second trial is the worse one at ASHA's first rung (step 2) and is stopped there.
@@ -108,13 +151,11 @@ def test_asha_stops_the_worse_trial_early_on_live_validation(sweep_ray, shards, 
 
 def test_pbt_copies_the_better_trials_checkpoint_and_the_copy_continues_from_its_step(sweep_ray, shards,
                                                                                      tmp_path):
-    # Synchronous PBT with two trials: at step 2 both wait, one is the lower quantile and must clone
-    # the other (whatever their scores), so an exploit always happens. 3 steps: the one perturbation
-    # at step 2 (step 3 is less than an interval later), four Ray Train runs in all.
-    rows, results = run_spec(shards, tmp_path / "pbt", {
-        "set": {**LIVE, "train.steps": 3}, "space": {"optim.lr_d": {"grid": [1e-4, 1e-3]}},
-        "scheduler": "pbt", "pbt": {"perturbation_interval": 2, "synch": True,
-                                    "mutations": {"optim.lr_d": {"loguniform": [1e-4, 1e-3]}}}}, report=False)
+    # The shipped PBT spec: synchronous PBT with two trials: at step 2 both wait, one is the lower
+    # quantile and must clone the other (whatever their scores), so an exploit always happens. 3
+    # steps: the one perturbation at step 2 (step 3 is less than an interval later).
+    raw = yaml.safe_load((ROOT / "launch" / "sweeps" / "debug_pbt.yaml").read_text())
+    rows, results = run_spec(shards, tmp_path / "pbt", raw, report=False)
     assert all(r.error is None and r.metrics["step"] == 3 for r in rows)
     histories = reported(results)
     exploited = [t for t, reps in histories.items()  # (a report without the key has NaN there)
@@ -130,48 +171,3 @@ def test_pbt_copies_the_better_trials_checkpoint_and_the_copy_continues_from_its
     history = (Path(rows[0].out_dir).parent / trial / "config_history.jsonl").read_text().splitlines()
     moved = json.loads(history[0])
     assert moved["from_step"] == 3 and [Path(p).name for p in moved["changes"]["train.out_dir"]] == [source, trial]
-
-
-def test_an_interrupted_optuna_sweep_resumes_only_its_unfinished_trial(sweep_ray, shards, tmp_path):
-    out = tmp_path / "optuna"
-    spec = tmp_path / "optuna.yaml"
-    # One trial at a time, 10 steps each (so that the second is still running when the test sees its
-    # first report): the test interrupts the sweep (Ctrl-C) then, and finishes it with --resume.
-    spec.write_text(yaml.safe_dump({"set": {**LIVE, "train.steps": 10}, "resources": RESOURCES,
-                                    "search": "optuna", "num_samples": 2, "max_concurrent": 1,
-                                    "space": {"optim.lr_d": {"loguniform": [1e-4, 1e-3]}}}))
-    cmd = [sys.executable, str(ROOT / "launch" / "sweep.py"), "--config", str(DEBUG), "--sweep", str(spec),
-           "--set", f"data.shards={shards}", "--set", f"train.out_dir={out}"]
-    first = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""}, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-
-    def tune_reports():  # trial id -> its reports that Tune recorded (complete result.json lines)
-        lines = [p.read_text().split("\n")[:-1] for p in out.glob("tune/_trial_*/result.json")]
-        return {json.loads(done[0])["trial_id"]: len(done) for done in lines if done}
-
-    # The second trial starts once Tune has finished the first (one at a time); interrupt when Tune has
-    # its first report (and checkpoint, step 2).
-    deadline = time.monotonic() + 900  # an upper bound for a machine at load 20; a minute or two here
-    while not (len(tune_reports()) == 2 and min(tune_reports().values()) >= 1):
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0][-3000:]
-        time.sleep(0.2)
-    done, unfinished = sorted(tune_reports(), key=lambda t: -tune_reports()[t])
-    first.send_signal(signal.SIGINT)  # Tune saves its state and stops
-    text = first.communicate(timeout=300)[0]
-    assert first.returncode == 1 and "interrupted" in text, text[-3000:]
-    (result_file,) = out.glob(f"tune/*{done}*/result.json")  # what the finished trial reported to Tune
-    before = result_file.read_text()
-    assert [json.loads(line)["step"] for line in before.splitlines()] == [2, 4, 6, 8, 10]
-
-    # --resume (in this process, on the module's Ray): the unfinished trial continues in a second Ray
-    # Train run; the finished one is not run again and its reports stay as they were.
-    the_spec = parse_spec(yaml.safe_load(spec.read_text()), str(spec))
-    base = load_config(DEBUG, [f"data.shards={shards}", f"train.out_dir={out}", *the_spec.overrides])
-    results, base = sweep(base, the_spec, resume=True)
-    rows = ranked(results, base, the_spec)  # no report
-    assert {r.trial: (r.error, r.metrics["step"]) for r in rows} == {done: (None, 10), unfinished: (None, 10)}
-    assert len(list((out / "trials" / done / "ray").glob("train_*"))) == 1
-    assert len(list((out / "trials" / unfinished / "ray").glob("train_*"))) == 2
-    assert result_file.read_text() == before
-    continued = next(r for r in rows if r.trial == unfinished).metrics
-    assert continued["started_from"] == unfinished and continued["started_at"] >= 2  # its own checkpoint
