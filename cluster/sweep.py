@@ -6,9 +6,9 @@ trial's config and runs one full tgan Ray Train run (DDP or DeepSpeed over the s
 A Train callback (`_ToTune`, in Train's controller) hands every report of the run to the trial, which
 passes those that carry the validation metric on to Tune with `ray.tune.report`, together with the
 newest checkpoint Train stored since. So schedulers see the metric during training: ASHA stops a
-trial mid-run, and PBT copies a better trial's checkpoint into a worse one (`tune.get_checkpoint()`),
-and a failed or interrupted trial (Ctrl-C, then --resume) continues from its own newest checkpoint,
-each start in a new Ray Train run.
+trial mid-run, and PBT copies a better trial's checkpoint into a worse one (`tune.get_checkpoint()`).
+A failed or interrupted trial (Ctrl-C, then --resume) continues from its own newest checkpoint;
+every start of a trial is a new Ray Train run (docs/SWEEPS.md).
 
 Each trial writes into <train.out_dir>/trials/<trial id> (checkpoints, metrics.jsonl, config.yaml);
 Tune's own state goes to <train.out_dir>/tune (what --resume restores). The trial driver holds no
