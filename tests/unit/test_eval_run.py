@@ -173,7 +173,7 @@ def test_baseline_run_is_scored_beside_the_model_as_its_own_evaluation_scores_it
 
 
 def test_cli_evaluates_the_newest_checkpoint_of_a_run_and_prints_the_table(trained, tmp_path, capsys):
-    from tgan.app.evaluate import main
+    from launch.evaluate import main
 
     _, _, run_dir = trained
     assert main([str(run_dir), "--set", "eval.max_test=50", "--set", "eval.pictures=false",
@@ -186,7 +186,7 @@ def test_cli_evaluates_the_newest_checkpoint_of_a_run_and_prints_the_table(train
 
 
 def test_cli_default_output_and_grad_norm_plot_come_from_the_run_directory(trained, capsys):
-    from tgan.app.evaluate import main
+    from launch.evaluate import main
 
     _, _, run_dir = trained
     checkpoint = run_dir / "checkpoints" / "step_00000002"
@@ -196,7 +196,7 @@ def test_cli_default_output_and_grad_norm_plot_come_from_the_run_directory(train
 
 
 def test_cli_errors_name_the_problem(trained, tmp_path, capsys):
-    from tgan.app.evaluate import main
+    from launch.evaluate import main
 
     _, _, run_dir = trained
     assert main([str(run_dir), "--set", "model.width=2"]) == 2

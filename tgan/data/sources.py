@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from tgan.data.index import DataError
-from tgan.models.dcgan import SIZES as IMAGE_SIZES
+from tgan.config import IMAGE_SIZES
 
 # `dataset_cls` below: the torchvision class to read with. Tests pass a subclass whose only change is the
 # md5 table, filled with the md5 of the small files they write; production uses the stock class.
