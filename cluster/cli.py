@@ -22,7 +22,7 @@ def run_train(config: str, overrides: list[str], *, dry_run: bool = False, resum
     from cluster.ray_env import ClusterError
     from cluster.trainer import evaluate_checkpoint, run
     from tgan import runinfo
-    from tgan.eval.run import evaluated_files, report_text
+    from tgan.evaluate import evaluated_files, report_text
     from tgan.train.loop import USER_ERRORS
 
     try:

@@ -12,7 +12,7 @@ from tgan.config import ConfigError, load_config
 from tgan.data.streams import load_split
 from tgan.eval import generation
 from tgan.eval.generation import classifier_cache_path, dataset_classifier, fid_kid, generation_metrics
-from tgan.eval.run import evaluate
+from tgan.evaluate import evaluate
 from tgan.families import get_family
 
 DEBUG = Path(__file__).resolve().parents[2] / "launch" / "recipes" / "debug.yaml"

@@ -8,7 +8,7 @@ from run_metrics import per_step
 
 from tgan import resolve
 from tgan.config import ConfigError, apply_overrides, load_config
-from tgan.eval.run import evaluate
+from tgan.evaluate import evaluate
 from tgan.families.base import build_networks
 from tgan.train import checkpoint as ckpt
 from tgan.train.loop import train

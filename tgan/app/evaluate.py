@@ -46,7 +46,7 @@ def run_evaluate(checkpoint: str, overrides: list[str], *, out: str | None = Non
     from tgan.data.index import load_index
     from tgan.dist import resolve_device
     from tgan.eval.metrics import check_gallery
-    from tgan.eval.run import evaluate, evaluated_files
+    from tgan.evaluate import evaluate, evaluated_files
 
     try:
         checkpoint = resolve_checkpoint(Path(checkpoint))

@@ -20,7 +20,7 @@ def run_local(recipe: str, overrides: list[str], *, dry_run: bool = False, evalu
         return cfg
     # Imported here so that --dry-run and config errors need neither the data nor the model code.
     from tgan import runinfo
-    from tgan.eval.run import evaluate as evaluate_networks, evaluated_files, report_text
+    from tgan.evaluate import evaluate as evaluate_networks, evaluated_files, report_text
     from tgan.train.checkpoint import best_checkpoint, read_best
     from tgan.train.loop import USER_ERRORS, train
 
