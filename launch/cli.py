@@ -20,8 +20,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from tgan.data.prepare import DEFAULT_SHARD_SIZE
-from tgan.data.sources import DATASETS, DEFAULT_SIZE
+from tgan.data.sources import DATASETS, DEFAULT_SHARD_SIZE, DEFAULT_SIZE  # no torch: --help stays fast
 
 
 def _flags() -> dict[str, argparse.ArgumentParser]:

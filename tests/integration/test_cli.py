@@ -67,3 +67,10 @@ def test_the_launch_scripts_and_the_installed_command_are_the_same_parser():
         pytest.skip("no `tgan` on PATH: `pip install -e .` puts it there")
     proc = subprocess.run([installed, "evaluate", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: tgan evaluate "), proc.stderr
+
+
+def test_parsing_loads_no_torch():
+    """`tgan --help` and argument errors answer at once: the parsers import no torch."""
+    proc = subprocess.run([sys.executable, "-c", "import sys, launch.cli; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "False", proc.stderr

@@ -6,8 +6,8 @@ import logging
 import sys
 
 from tgan.data.index import DataError
-from tgan.data.prepare import DEFAULT_SHARD_SIZE, write_shards
-from tgan.data.sources import make_source
+from tgan.data.prepare import write_shards
+from tgan.data.sources import DEFAULT_SHARD_SIZE, make_source
 
 
 def run_prepare(dataset: str, out: str, *, root: str | None = None, download: bool = False,
