@@ -74,3 +74,13 @@ def test_parsing_loads_no_torch():
     proc = subprocess.run([sys.executable, "-c", "import sys, launch.cli; print('torch' in sys.modules)"],
                           capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_evaluate_reads_set_with_the_shared_grammar_and_allows_only_data_eval_and_device():
+    from tgan.app.evaluate import overridable
+    from tgan.config import parse_overrides
+
+    allowed = ["eval.max_test=5", "data.shards=/d", "train.device=cpu", " train.device = cpu"]
+    assert all(map(overridable, allowed)) and set(parse_overrides(allowed)) == {"eval.max_test", "data.shards",
+                                                                                 "train.device"}
+    assert not any(map(overridable, ["train.seed=3", "model.width=2", "train.devicex=cuda"]))
