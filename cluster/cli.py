@@ -1,35 +1,32 @@
-"""launch/train.py: recipe + dotted overrides -> Ray Train run (local Ray, RAY_ADDRESS or `ray job
-submit`) -> evaluation table. The flags are the one-process CLI's (tgan.app.recipe) plus --resume.
-The same command starts the run of train.out_dir or continues it (train.resume=never refuses to).
-launch/sweep.py (`sweep_main`): the same flags plus --sweep SPEC / --grid -> a Ray Tune sweep of such runs."""
+"""The Ray jobs of the `tgan` command (parsed in launch/cli.py), as plain functions that print their
+result and return the exit code.
+
+`run_train` (`tgan train`, launch/train.py): recipe + dotted overrides -> Ray Train run (local Ray,
+RAY_ADDRESS or `ray job submit`) -> evaluation table. The same command starts the run of
+train.out_dir or continues it (train.resume=never refuses to).
+`run_sweep` (`tgan sweep`, launch/sweep.py): the same plus a sweep spec / grid -> a Ray Tune sweep of such runs."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from tgan.app.recipe import recipe_parser, resolve_config
+from tgan.app.recipe import resolve_config
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = recipe_parser("Train a metric-learning GAN from a YAML recipe on Ray Train.")
-    p.add_argument("--resume", action="store_true",
-                   help="fail unless train.out_dir holds a run to continue (without it, an existing run is "
-                        "continued and a new one started)")
-    p.add_argument("--verbose", action="store_true",
-                   help="also show Ray Train's own INFO logs (each report's metrics dict, each checkpoint)")
-    args = p.parse_args(argv)
-    cfg = resolve_config(args)
+def run_train(config: str, overrides: list[str], *, dry_run: bool = False, resume: bool = False,
+              verbose: bool = False) -> int:
+    cfg = resolve_config(config, overrides, dry_run=dry_run)
     if isinstance(cfg, int):
         return cfg
     # Imported here so that --dry-run and config errors start no Ray.
     from cluster.ray_env import ClusterError
     from cluster.trainer import evaluate_checkpoint, run
     from tgan import runinfo
-    from tgan.eval.run import evaluated_files, report_text
+    from tgan.evaluate import evaluated_files, report_text
     from tgan.train.loop import USER_ERRORS
 
     try:
-        result = run(cfg, resume=args.resume, verbose=args.verbose)
+        result = run(cfg, resume=resume, verbose=verbose)
     except (ClusterError, *USER_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -46,36 +43,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def sweep_main(argv: list[str] | None = None) -> int:
-    """launch/sweep.py: a Ray Tune sweep of tgan Ray Train runs, as a spec (or --grid) says."""
-    p = recipe_parser("Sweep config fields with Ray Tune: one Ray Train run per trial, compared on live "
-                      "validation metrics; the best trial is evaluated on test once.")
-    p.add_argument("--sweep", metavar="SPEC", help="sweep spec, e.g. launch/sweeps/debug.yaml (see cluster/sweep_spec.py)")
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                   help="shortcut: a grid over one field, repeatable (e.g. --grid loss.alpha=0.2,2,20); added "
-                        "to the spec's space, or a fifo grid sweep on --metric without --sweep")
-    p.add_argument("--metric", default="val/map", help="with --grid alone: the validation metric to rank on")
-    p.add_argument("--resume", action="store_true",
-                   help="finish the interrupted sweep in train.out_dir: unfinished trials continue from "
-                        "their checkpoints, finished ones are kept")
-    args = p.parse_args(argv)
+def run_sweep(config: str, overrides: list[str], *, spec_path: str | None = None, grid: list[str] = (),
+              metric: str = "val/map", dry_run: bool = False, resume: bool = False) -> int:
+    """A Ray Tune sweep of tgan Ray Train runs, as the spec at `spec_path` (or the `grid`) says."""
     from cluster.sweep_spec import Domain, grid_spec, load_spec, parse_grid
     from tgan.config import ConfigError
 
     try:
-        grid = parse_grid(args.grid)
-        if args.sweep:
-            spec = load_spec(args.sweep)
-            spec.space.update({k: Domain("grid", v) for k, v in grid.items()})
-        elif grid:
-            spec = grid_spec(grid, args.metric)
+        points = parse_grid(grid)
+        if spec_path:
+            spec = load_spec(spec_path)
+            spec.space.update({k: Domain("grid", v) for k, v in points.items()})
+        elif points:
+            spec = grid_spec(points, metric)
         else:
             raise ConfigError("give a sweep spec (--sweep launch/sweeps/debug.yaml) or at least one --grid KEY=V1,V2")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    args.overrides = spec.overrides + args.overrides  # recipe < spec's set < command line
-    cfg = resolve_config(args)
+    # recipe < spec's set < command line
+    cfg = resolve_config(config, [*spec.overrides, *overrides], dry_run=dry_run)
     if isinstance(cfg, int):
         return cfg
     from cluster.ray_env import ClusterError
@@ -84,7 +71,7 @@ def sweep_main(argv: list[str] | None = None) -> int:
     from tgan.train.loop import USER_ERRORS
 
     try:
-        results, base = sweep(cfg, spec, resume=args.resume)
+        results, base = sweep(cfg, spec, resume=resume)
         unfinished = unfinished_trials(base.train.out_dir)
         if unfinished:  # Ctrl-C (or the driver was stopped): Tune saved its state
             print(f"sweep interrupted with {len(unfinished)} unfinished trial(s) ({', '.join(unfinished)}): "

@@ -66,7 +66,7 @@ def evaluate_on_test(row: TrialRow, base: Config) -> dict:
     """The test metrics of a trial's best checkpoint on validation (checkpoints/best, by the spec's
     metric; else the last one reported to Tune), from the final evaluation's first model row; also
     writes <trial>/eval (eval.json, eval.md). Called once, for the trial selected on validation."""
-    from tgan.eval.run import evaluate
+    from tgan.evaluate import evaluate
     from tgan.train import checkpoint as ckpt
 
     best = ckpt.best_checkpoint(row.out_dir)

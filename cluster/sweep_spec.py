@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tgan.config import Config, ConfigError, apply_overrides, parse_yaml
+from tgan.resolve import check
 from tgan.eval.validation import validation_keys
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -190,7 +191,7 @@ def grid_spec(grid: dict[str, list], metric: str = "val/map") -> SweepSpec:
 
 
 def trial_config(base: Config, point: dict[str, Any], out_dir: str | Path) -> Config:
-    """`base` with the point's values and train.out_dir = `out_dir`, validated.
+    """`base` with the point's values and train.out_dir = `out_dir`, validated (with the family's checks).
 
     The two exclusive ways of choosing the labelled subset replace each other: a point that sets
     data.labelled_fraction clears the recipe's data.labels_per_class, and the other way round.
@@ -199,7 +200,7 @@ def trial_config(base: Config, point: dict[str, Any], out_dir: str | Path) -> Co
     for key, other in (("data.labelled_fraction", "labels_per_class"), ("data.labels_per_class", "labelled_fraction")):
         if key in point and f"data.{other}" not in point:
             cleared[f"data.{other}"] = None
-    return apply_overrides(base, {**cleared, **point, "train.out_dir": str(out_dir)})
+    return check(apply_overrides(base, {**cleared, **point, "train.out_dir": str(out_dir)}))
 
 
 def check_spec(spec: SweepSpec, base: Config) -> None:

@@ -233,7 +233,7 @@ def run(cfg: Config, *, resume: bool = False, verbose: bool = False) -> RunResul
 
 def evaluate_checkpoint(checkpoint: Checkpoint, out_dir: Path) -> dict:
     """The core issue's evaluation (eval.json, eval.md, pictures in `out_dir`) of a Ray-stored checkpoint."""
-    from tgan.eval.run import evaluate
+    from tgan.evaluate import evaluate
 
     with checkpoint.as_directory() as path:
         cfg, nets = ckpt.load_networks(path)

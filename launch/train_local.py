@@ -1,11 +1,6 @@
-"""Train in this process (no Ray), then evaluate:
-python launch/train_local.py --config launch/recipes/debug.yaml [--set k=v] [--dry-run] [--no-eval]"""
-import sys
-from pathlib import Path
+"""Train in this process, no Ray (`tgan train-local`): python launch/train_local.py --config RECIPE [--set k=v] [--dry-run] [--no-eval]"""
+from launch.cli import command
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from tgan.app.train import main  # noqa: E402
-
+main = command("train-local")
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

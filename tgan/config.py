@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import pkgutil
 import types
 import typing
 from collections.abc import Mapping
@@ -21,13 +22,30 @@ from typing import Any
 
 import yaml
 
-from tgan.data.augment import AUGMENTATIONS
-from tgan.eval.probe import PROBES
-from tgan.families import DEFAULT_FAMILY, FAMILIES, get_family
-from tgan.losses.mbgan import L1_REDUCTIONS
-from tgan.losses.triplet import FORMS, MINERS
-from tgan.train.precision import PRECISIONS
-from tgan.models.dcgan import SIZES as IMAGE_SIZES
+from tgan.errors import ConfigError
+
+# The values some fields may take. They live here, not in the modules that act on them, so that
+# building and validating a config imports nothing else from tgan (and no torch); those modules
+# import them from here.
+AUGMENTATIONS = ("none", "flip", "crop_flip")
+"""data.augment values (tgan.data.augment)."""
+IMAGE_SIZES = (8, 16, 28, 32, 64)
+"""data.image_size values: the sides tgan.models.dcgan has a conv plan for."""
+FAMILIES: tuple[str, ...] = tuple(sorted(
+    m.name for m in pkgutil.iter_modules([str(Path(__file__).parent / "families")]) if m.name != "base"))
+"""model.family values: every module of tgan/families/ except `base` (listed, not imported)."""
+DEFAULT_FAMILY = "bigan"
+"""model.family when a recipe does not say."""
+FORMS = ("softmax", "hinge")
+"""loss.triplet_form values (tgan.losses.triplet)."""
+MINERS = ("all", "semihard", "hard")
+"""loss.miner values (tgan.losses.triplet)."""
+L1_REDUCTIONS = ("mean", "sum")
+"""loss.l1_reduction values (tgan.losses.mbgan)."""
+PRECISIONS = ("fp32", "bf16", "fp16")
+"""train.precision values (tgan.train.precision)."""
+PROBES = ("logreg", "svm")
+"""eval.probe values: L2-regularised logistic regression or linear SVM (tgan.eval.probe)."""
 
 DATA_MODES = ("stream", "memory")
 """data.mode values: stream the shards through loader workers, or hold the rank's share on the device."""
@@ -35,10 +53,6 @@ DATA_MODES = ("stream", "memory")
 INCEPTION_HINT = ("download https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                   "weights-inception-2015-12-05-6726825d.pth (torch-fidelity's FID Inception) once and set "
                   "eval.inception_weights to its path, or leave it empty for the offline classifier FID only")
-
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the dotted field and what would be valid."""
 
 
 def _check(ok: bool, name: str, value: Any, expected: str) -> None:
@@ -410,11 +424,8 @@ class Config:
                "0 unless data.validation_size > 0 (live validation needs a validation split)")
         _check(self.train.precision == "fp32" or self.cluster.backend != "deepspeed", "train.precision",
                self.train.precision, "fp32 with cluster.backend=deepspeed (set bf16/fp16 in cluster.deepspeed)")
-        _check(self.eval.live_fid_samples == 0 or (self.eval.every > 0 and get_family(self.model.family).generator),
-               "eval.live_fid_samples", self.eval.live_fid_samples,
-               f"0 unless eval.every > 0 and model.family has a generator ({self.model.family} with eval.every="
-               f"{self.eval.every})")
-        get_family(self.model.family).check(self)  # what only the family knows (labels, conditional, ...)
+        # What only the family or the miner knows (labels, conditional, generator, mining memory) is
+        # checked one layer up, in tgan.resolve.
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -89,7 +89,7 @@ def _main(cli: str) -> Callable[[list[str]], int]:
     spec = importlib.util.spec_from_file_location(f"launch_{cli}", launch / f"{script[cli]}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.sweep_main if cli == "sweep" else module.main
+    return module.sweep_main if hasattr(module, "sweep_main") else module.main  # sweep_main: before launch/cli.py
 
 
 def _train_args(*sets: str, evaluate: bool = False) -> list[str]:

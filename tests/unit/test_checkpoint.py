@@ -215,7 +215,7 @@ class Planted:
 
 @pytest.mark.parametrize("manifest", ["left as it was", "rewritten by the attacker"])
 def test_a_planted_pickle_is_never_executed_by_resume_or_evaluate(shards, run_copy, tmp_path, manifest, capsys):
-    from tgan.app.evaluate import main as evaluate_main
+    from launch.evaluate import main as evaluate_main
 
     marker = tmp_path / "pwned"
     newest = run_copy / "checkpoints" / "step_00000004"

@@ -58,11 +58,14 @@ def test_invalid_values_name_the_dotted_field(override, field):
 def test_cross_field_rules():
     with pytest.raises(ConfigError, match="both set"):
         load_config(None, ["data.labelled_fraction=0.1", "data.labels_per_class=10"])
+    # The family's rules: checked by tgan.resolve, one layer above the config.
+    from tgan import resolve
+
     with pytest.raises(ConfigError, match="model.family=tribigan"):
-        load_config(None, ["model.family=tribigan"])
+        resolve.load_config(None, ["model.family=tribigan"])
     with pytest.raises(ConfigError, match="model.conditional"):
-        load_config(None, ["model.conditional=true"])
-    cfg = load_config(None, ["model.family=tribigan", "data.labels_per_class=10"])
+        resolve.load_config(None, ["model.conditional=true"])
+    cfg = resolve.load_config(None, ["model.family=tribigan", "data.labels_per_class=10"])
     assert cfg.data.has_labels
 
 
@@ -76,3 +79,18 @@ def test_unknown_keys_and_bad_files_are_named(tmp_path):
     with pytest.raises(ConfigError, match="must be a YAML mapping"):
         (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
         load_config(tmp_path / "list.yaml")
+
+
+def test_building_a_config_loads_neither_torch_nor_the_rest_of_tgan():
+    """tgan.config sits below every other layer: a recipe is loaded and validated without torch, the
+    families or the data code (their checks run in tgan.resolve, one layer up)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[2] / "launch" / "recipes" / "debug.yaml"
+    probe = ("import sys, tgan.config; tgan.config.load_config(sys.argv[1], ['loss.alpha=3']); "
+             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('tgan.')))")
+    proc = subprocess.run([sys.executable, "-c", probe, str(recipe)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["['tgan.config',", "'tgan.errors']"]

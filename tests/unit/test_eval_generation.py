@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tgan import resolve
 from tgan.config import ConfigError, load_config
 from tgan.data.streams import load_split
 from tgan.eval import generation
 from tgan.eval.generation import classifier_cache_path, dataset_classifier, fid_kid, generation_metrics
-from tgan.eval.run import evaluate
+from tgan.evaluate import evaluate
 from tgan.families import get_family
 
 DEBUG = Path(__file__).resolve().parents[2] / "launch" / "recipes" / "debug.yaml"
@@ -127,4 +128,4 @@ def test_generation_fields_are_validated(field, value, expected):
 def test_live_fid_needs_live_validation_and_a_generator(overrides, why):
     with pytest.raises(ConfigError, match=re.escape(f"eval.live_fid_samples=50 is invalid: expected 0 unless "
                                                     f"eval.every > 0 and model.family has a generator {why}")):
-        load_config(DEBUG, ["data.validation_size=100", "eval.every=2", "eval.live_fid_samples=50", *overrides])
+        resolve.load_config(DEBUG, ["data.validation_size=100", "eval.every=2", "eval.live_fid_samples=50", *overrides])

@@ -12,7 +12,7 @@ from PIL import Image
 from tgan.config import ConfigError, load_config
 from tgan.eval.metrics import retrieval_metrics
 from tgan.eval.pictures import grad_norm_plot
-from tgan.eval.run import EvalData, evaluate, load_eval_data
+from tgan.evaluate import EvalData, evaluate, load_eval_data
 from tgan.families.base import build_networks as random_init_networks
 from tgan.families import get_family
 from tgan.train.loop import train
@@ -166,14 +166,14 @@ def test_baseline_run_is_scored_beside_the_model_as_its_own_evaluation_scores_it
     assert beside["rows"]["model E"] == evaluated[0]["rows"]["model E"]
     assert "| baseline triplet E | 16 |" in (tmp_path / "beside" / "eval.md").read_text()
 
-    from tgan.eval.run import baseline_features
+    from tgan.evaluate import baseline_features
     other = cfg_for(shards, run_dir, f"eval.baseline={tmp_path / 'triplet'}", "data.dataset=fashion-mnist")
     with pytest.raises(ConfigError, match=r"eval.baseline=.* is a run on digits at 16 px: expected fashion-mnist"):
         baseline_features(other, load_eval_data(other), torch.device("cpu"))
 
 
 def test_cli_evaluates_the_newest_checkpoint_of_a_run_and_prints_the_table(trained, tmp_path, capsys):
-    from tgan.app.evaluate import main
+    from launch.evaluate import main
 
     _, _, run_dir = trained
     assert main([str(run_dir), "--set", "eval.max_test=50", "--set", "eval.pictures=false",
@@ -186,7 +186,7 @@ def test_cli_evaluates_the_newest_checkpoint_of_a_run_and_prints_the_table(train
 
 
 def test_cli_default_output_and_grad_norm_plot_come_from_the_run_directory(trained, capsys):
-    from tgan.app.evaluate import main
+    from launch.evaluate import main
 
     _, _, run_dir = trained
     checkpoint = run_dir / "checkpoints" / "step_00000002"
@@ -196,7 +196,7 @@ def test_cli_default_output_and_grad_norm_plot_come_from_the_run_directory(train
 
 
 def test_cli_errors_name_the_problem(trained, tmp_path, capsys):
-    from tgan.app.evaluate import main
+    from launch.evaluate import main
 
     _, _, run_dir = trained
     assert main([str(run_dir), "--set", "model.width=2"]) == 2

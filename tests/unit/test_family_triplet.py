@@ -6,8 +6,9 @@ import pytest
 import torch
 from run_metrics import per_step
 
+from tgan import resolve
 from tgan.config import ConfigError, apply_overrides, load_config
-from tgan.eval.run import evaluate
+from tgan.evaluate import evaluate
 from tgan.families.base import build_networks
 from tgan.train import checkpoint as ckpt
 from tgan.train.loop import train
@@ -55,8 +56,8 @@ def test_triplet_trains_only_e_resumes_to_the_same_losses_and_evaluates(debug_sh
 
 def test_triplet_needs_labels_and_refuses_conditional():
     with pytest.raises(ConfigError, match="model.family=triplet"):
-        load_config(None, ["model.family=triplet"])
+        resolve.load_config(None, ["model.family=triplet"])
     with pytest.raises(ConfigError, match="data.labelled_batch_size=1"):
-        load_config(None, ["model.family=triplet", "data.labels_per_class=5", "data.labelled_batch_size=1"])
+        resolve.load_config(None, ["model.family=triplet", "data.labels_per_class=5", "data.labelled_batch_size=1"])
     with pytest.raises(ConfigError, match="model.conditional=true is invalid for model.family=triplet"):
-        load_config(None, ["model.family=triplet", "data.labels_per_class=5", "model.conditional=true"])
+        resolve.load_config(None, ["model.family=triplet", "data.labels_per_class=5", "model.conditional=true"])

@@ -58,7 +58,7 @@ def test_loss_curves_plot_losses_grad_norms_and_validation_against_step(tmp_path
 
     fig = loss_curves_figure(read_metrics(metrics))
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles == ["losses", "gradient norms (before clipping)", "validation metrics"]
+    assert titles == ["losses", "gradient norms (before clipping)", "validation: retrieval and probe (higher is better)"]
     plotted = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for ax in fig.axes
                for line in ax.get_lines()}
     assert set(plotted) == {"loss/d", "loss/g", "loss/triplet", "grad_norm/G", "grad_norm/D", "val/map"}
@@ -68,3 +68,17 @@ def test_loss_curves_plot_losses_grad_norms_and_validation_against_step(tmp_path
 
     assert loss_curves(metrics, tmp_path / "curves.png") == tmp_path / "curves.png"
     assert loss_curves(tmp_path / "absent.jsonl", tmp_path / "none.png") is None
+
+
+def test_each_validation_metric_family_has_its_own_axis():
+    """KID (thousands on the offline classifier) and FID must not flatten the 0-1 ranking metrics."""
+    rows = [{"step": s, "loss/d": 1.0, "val/map": 0.3 + 0.1 * s, "val/knn1": 0.5, "val/probe": 0.6,
+             "val/fid": 80.0 / s, "val/kid": 5000.0 / s} for s in (1, 2, 3)]
+    fig = loss_curves_figure(rows)
+    lines = {ax.get_title(): sorted(line.get_label() for line in ax.get_lines()) for ax in fig.axes}
+    assert lines == {"losses": ["loss/d"], "gradient norms (before clipping)": [],
+                     "validation: retrieval and probe (higher is better)": ["val/knn1", "val/map", "val/probe"],
+                     "validation: FID (lower is better)": ["val/fid"],
+                     "validation: KID (lower is better)": ["val/kid"]}
+    ranking = next(ax for ax in fig.axes if ax.get_title().startswith("validation: retrieval"))
+    assert ranking.get_ylim() == (0.0, 1.0)

@@ -1,3 +1,3 @@
-"""tgan's own command lines (one process, no Ray): launch/train_local.py and launch/evaluate.py call
-`tgan.app.train.main` and `tgan.app.evaluate.main`; `tgan.app.recipe` holds the flags every training
-command line shares (cluster/cli.py, the Ray ones, uses it too). Nothing below tgan/app imports it."""
+"""tgan's one-process jobs as plain functions (train + evaluate, evaluate a checkpoint, prepare shards)
+and `resolve_config`, which the Ray jobs (cluster/cli.py) share; launch/cli.py parses their flags.
+Nothing below tgan/app imports it."""

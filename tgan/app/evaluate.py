@@ -1,29 +1,24 @@
-"""Command line of launch/evaluate.py: checkpoint (+ eval/data overrides) -> evaluate -> print the table."""
+"""`tgan evaluate` (launch/evaluate.py): checkpoint (+ eval/data overrides) -> evaluate -> print the table."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from tgan.config import ConfigError, apply_overrides, dump_yaml, parse_overrides
 from tgan.data.index import DataError
+from tgan.resolve import check
 from tgan.train.checkpoint import CheckpointError, find_checkpoint, load_networks
 
 # The networks come from the checkpoint, so only what reads data or scores features may change;
 # train.seed stays, because it defines the random-init baseline (the run's own initial weights).
-OVERRIDABLE = ("eval.", "data.", "train.device=")
+OVERRIDABLE = ("eval.", "data.")
+OVERRIDABLE_KEYS = ("train.device",)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Evaluate a checkpoint: k-NN accuracy, mAP and a linear probe "
-                                            "beside random-init and raw-pixel baselines, plus pictures.")
-    p.add_argument("checkpoint", help="checkpoint directory (runs/<name>/checkpoints/step_...) or a run "
-                                      "directory (its newest checkpoint is used)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override of eval.*, data.* or train.device, repeatable "
-                        "(e.g. --set eval.max_test=1000 --set data.shards=/data/fmnist)")
-    p.add_argument("--out", help="output directory (default: <run directory>/eval/<checkpoint name>)")
-    return p.parse_args(argv)
+def overridable(item: str) -> bool:
+    """Whether the --set item (KEY=VALUE, split as tgan.config.parse_overrides splits it) may change."""
+    key = item.partition("=")[0].strip()
+    return key.startswith(OVERRIDABLE) or key in OVERRIDABLE_KEYS
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -39,9 +34,10 @@ def run_directory(checkpoint: Path) -> Path | None:
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    bad = [o for o in args.overrides if not o.startswith(OVERRIDABLE)]
+def run_evaluate(checkpoint: str, overrides: list[str], *, out: str | None = None) -> int:
+    """Evaluate `checkpoint` (a checkpoint or run directory) with the `overrides` into `out`; prints
+    the table and returns the exit code."""
+    bad = [o for o in overrides if not overridable(o)]
     if bad:
         print(f"error: --set {bad[0]}: only eval.*, data.* and train.device can change at "
               "evaluation (the networks and their config come from the checkpoint)", file=sys.stderr)
@@ -50,17 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     from tgan.data.index import load_index
     from tgan.dist import resolve_device
     from tgan.eval.metrics import check_gallery
-    from tgan.eval.run import evaluate, evaluated_files
+    from tgan.evaluate import evaluate, evaluated_files
 
     try:
-        checkpoint = resolve_checkpoint(Path(args.checkpoint))
+        checkpoint = resolve_checkpoint(Path(checkpoint))
         saved, nets = load_networks(checkpoint)
         run_dir = run_directory(checkpoint)
-        out = Path(args.out) if args.out else (run_dir or checkpoint) / "eval" / checkpoint.name
+        out = Path(out) if out else (run_dir or checkpoint) / "eval" / checkpoint.name
         if out.exists() and not out.is_dir():
             raise NotADirectoryError(f"--out {out} is a file: give a directory for eval.json, eval.md and the pictures")
         # The checkpoint's config, with the overrides applied the same way as for training.
-        cfg = apply_overrides(saved, parse_overrides(args.overrides))
+        cfg = check(apply_overrides(saved, parse_overrides(overrides)))
         index = load_index(cfg.data.shards)
         check_gallery(cfg.eval, index.split("train").count, index.location())
         out.mkdir(parents=True, exist_ok=True)  # only now that the settings and the data are accepted

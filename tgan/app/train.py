@@ -1,34 +1,33 @@
-"""The one-process command line: recipe + dotted overrides -> validated Config -> train -> evaluate.
+"""The one-process job: recipe + dotted overrides -> validated Config -> train -> evaluate.
 
-    python launch/train_local.py --config launch/recipes/debug.yaml [--set key=value ...] [--dry-run]
+    tgan train-local --config launch/recipes/debug.yaml [--set key=value ...] [--dry-run] [--no-eval]
 
-launch/train.py (cluster/cli.py) runs the same flags on Ray Train (tgan.app.recipe).
+`tgan train` (cluster/cli.py) runs the same recipe on Ray Train; launch/cli.py parses both.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from tgan.app.recipe import recipe_parser, resolve_config
+from tgan.app.recipe import resolve_config
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = recipe_parser("Train a metric-learning GAN from a YAML recipe in this process, then evaluate it.")
-    p.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end of training")
-    args = p.parse_args(argv)
-    cfg = resolve_config(args)
+def run_local(recipe: str, overrides: list[str], *, dry_run: bool = False, evaluate: bool = True) -> int:
+    """Train `recipe` with `overrides` in this process, then (unless not `evaluate`) evaluate it;
+    prints the result and returns the exit code."""
+    cfg = resolve_config(recipe, overrides, dry_run=dry_run)
     if isinstance(cfg, int):
         return cfg
     # Imported here so that --dry-run and config errors need neither the data nor the model code.
     from tgan import runinfo
-    from tgan.eval.run import evaluate, evaluated_files, report_text
+    from tgan.evaluate import evaluate as evaluate_networks, evaluated_files, report_text
     from tgan.train.checkpoint import best_checkpoint, read_best
     from tgan.train.loop import USER_ERRORS, train
 
     out = Path(cfg.train.out_dir)
     try:
         result = train(cfg)
-        table = None if args.no_eval else evaluate(cfg, result.nets, out / "eval")
+        table = evaluate_networks(cfg, result.nets, out / "eval") if evaluate else None
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

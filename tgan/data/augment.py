@@ -8,9 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-AUGMENTATIONS = ("none", "flip", "crop_flip")
-"""data.augment values."""
+from tgan.config import AUGMENTATIONS
 
 
 def augment(x: torch.Tensor, name: str, gen: torch.Generator) -> torch.Tensor:

@@ -25,14 +25,11 @@ from tgan.data import storage
 from tgan.data.codec import encode_sample, sample_key
 from tgan.data.index import (FORMAT_VERSION, INDEX_NAME, DataError, DatasetIndex, ShardInfo, index_from_dict,
                              sha256_file, write_json_atomic)
-from tgan.data.sources import Source
+from tgan.data.sources import DEFAULT_SHARD_SIZE, Source
 from tgan.progress import Progress
 
 log = logging.getLogger("tgan.data")
 PARTIAL_NAME = INDEX_NAME + ".partial"
-DEFAULT_SHARD_SIZE = 1000
-"""Samples per shard. Every reader (rank x loader worker) needs a shard of its own: 1000 gives
-CIFAR-10 50 train shards, enough for the GPU recipes' 8 ranks x 4 loader workers = 32 readers."""
 
 
 def _counts(labels: np.ndarray, num_classes: int) -> list[int]:

@@ -28,12 +28,15 @@ import numpy as np
 from PIL import Image
 
 from tgan.data.index import DataError
-from tgan.models.dcgan import SIZES as IMAGE_SIZES
+from tgan.config import IMAGE_SIZES
 
 # `dataset_cls` below: the torchvision class to read with. Tests pass a subclass whose only change is the
 # md5 table, filled with the md5 of the small files they write; production uses the stock class.
 DATASETS = ("cifar10", "svhn", "celeba", "fashion-mnist", "digits")
 DEFAULT_SIZE = {"cifar10": 32, "svhn": 32, "celeba": 64, "fashion-mnist": 28, "digits": 32}
+DEFAULT_SHARD_SIZE = 1000
+"""Samples per shard. Every reader (rank x loader worker) needs a shard of its own: 1000 gives
+CIFAR-10 50 train shards, enough for the GPU recipes' 8 ranks x 4 loader workers = 32 readers."""
 CELEBA_CROP = 108
 
 

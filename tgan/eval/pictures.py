@@ -167,15 +167,26 @@ def grad_norm_plot(metrics_path: Path, path: Path, key: str) -> Path | None:
     return save_figure(grad_norm_figure(rows, key), path)
 
 
+VALIDATION_PANELS = (("validation: retrieval and probe (higher is better)", "fraction", ()),
+                     ("validation: FID (lower is better)", "FID", ("val/fid",)),
+                     ("validation: KID (lower is better)", "KID", ("val/kid",)))
+"""One axis per family of validation metrics: the ranking metrics (mAP, k-NN, probe) share 0-1,
+while FID (tens to hundreds) and KID (up to thousands on the offline classifier) would flatten them."""
+
+
 def loss_curves_figure(rows: list[dict]) -> Figure:
     """Against step: the loss terms (D, G, triplet, ...), the gradient norms per network, and the
-    validation metrics (val/*) when the run has any."""
+    validation metrics (val/*) when the run has any, each family on its own axis (VALIDATION_PANELS)."""
     keys = sorted({k for r in rows for k in r})
     panels = [("losses", [k for k in keys if k.startswith("loss/")], "loss"),
               ("gradient norms (before clipping)", [k for k in keys if k.startswith("grad_norm/")], "L2 norm")]
     val = [k for k in keys if k.startswith("val/")]
-    if val:
-        panels.append(("validation metrics", val, "value"))
+    generation = tuple(p for _, _, prefixes in VALIDATION_PANELS for p in prefixes)
+    for title, ylabel, prefixes in VALIDATION_PANELS:
+        series = [k for k in val if k.startswith(prefixes)] if prefixes else \
+            [k for k in val if not k.startswith(generation)]
+        if series:
+            panels.append((title, series, ylabel))
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels)), dpi=DPI, sharex=True, squeeze=False)
     for ax, (title, series, ylabel) in zip(axes[:, 0], panels):
         for key in series:
@@ -183,6 +194,8 @@ def loss_curves_figure(rows: list[dict]) -> Figure:
                     markersize=3, label=key)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(ylabel)
+        if ylabel == "fraction":
+            ax.set_ylim(0, 1)
         if series:
             ax.legend(fontsize=7, loc="best")
     axes[-1, 0].set_xlabel("step")

@@ -25,10 +25,6 @@ VALIDATION_FRACTION = 0.2
 MAX_ITER = 1000
 
 
-PROBES = ("logreg", "svm")
-"""eval.probe: L2-regularised logistic regression or linear SVM."""
-
-
 def _classifier(kind: str, c: float, seed: int):
     if kind == "logreg":
         return LogisticRegression(C=c, max_iter=MAX_ITER)

@@ -8,6 +8,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -61,6 +62,9 @@ class PictureInputs:
     """Test images, on the networks' device."""
     metrics: Path
     """The run's metrics.jsonl (for gradient-norm plots)."""
+    draw: ModuleType
+    """tgan.eval.pictures (sample_grid, interpolation, reconstructions, grad_norm_plot), handed in by
+    the evaluation so that a family imports no plotting code."""
 
 
 def _no_pictures(nets: dict[str, nn.Module], inputs: PictureInputs, out: Path) -> dict[str, Path]:

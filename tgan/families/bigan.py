@@ -5,7 +5,6 @@ from pathlib import Path
 
 from torch import nn
 
-from tgan.eval.pictures import grad_norm_plot, interpolation, reconstructions, sample_grid
 from tgan.families.base import Family, Group, PictureInputs, Role
 from tgan.losses.bigan import BiGANLoss
 from tgan.models.dcgan import Generator
@@ -24,11 +23,12 @@ def encoder_features(nets, x):
 
 def generator_pictures(nets: dict[str, nn.Module], inputs: PictureInputs, out: Path) -> dict[str, Path]:
     """Sample grid and interpolation of G, reconstructions G(E(x)) when there is an E, G's grad-norm plot."""
-    written = {"samples": sample_grid(nets["G"], inputs.z, out / "samples.png"),
-               "interpolation": interpolation(nets["G"], inputs.z_left, inputs.z_right, out / "interpolation.png")}
+    draw = inputs.draw
+    written = {"samples": draw.sample_grid(nets["G"], inputs.z, out / "samples.png"),
+               "interpolation": draw.interpolation(nets["G"], inputs.z_left, inputs.z_right, out / "interpolation.png")}
     if "E" in nets:
-        written["reconstructions"] = reconstructions(nets["G"], nets["E"], inputs.x, out / "reconstructions.png")
-    plot = grad_norm_plot(inputs.metrics, out / "grad_norm_G.png", key="grad_norm/G")
+        written["reconstructions"] = draw.reconstructions(nets["G"], nets["E"], inputs.x, out / "reconstructions.png")
+    plot = draw.grad_norm_plot(inputs.metrics, out / "grad_norm_G.png", key="grad_norm/G")
     if plot is not None:
         written["grad_norm_G"] = plot
     return written

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tgan.eval.pictures import grad_norm_plot
 from tgan.families.base import Family, Group, PictureInputs, Role, need_labels, refuse_conditional
 from tgan.families.bigan import encoder_features
 from tgan.losses.base import Batch, GANLoss, Nets, detach_scalars
@@ -45,7 +44,7 @@ def loss(loss_cfg, model_cfg, num_classes: int) -> TripletLoss:
 
 
 def pictures(nets: dict[str, nn.Module], inputs: PictureInputs, out: Path) -> dict[str, Path]:
-    plot = grad_norm_plot(inputs.metrics, out / "grad_norm_E.png", key="grad_norm/E")
+    plot = inputs.draw.grad_norm_plot(inputs.metrics, out / "grad_norm_E.png", key="grad_norm/E")
     return {} if plot is None else {"grad_norm_E": plot}
 
 

@@ -27,9 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tgan.config import L1_REDUCTIONS
 from tgan.losses.base import Batch, GANLoss, Nets, detach_scalars, sample_z
-
-L1_REDUCTIONS = ("mean", "sum")
 
 
 def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

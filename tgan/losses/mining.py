@@ -163,12 +163,8 @@ def _mining_need(cfg: Config) -> tuple[int, int, int]:
     return rows, per_rank, mining_memory_bytes(rows, per_rank, cfg.model.latent_dim, cfg.loss.miner, on_gpu)
 
 
-def mining_summary(cfg: Config) -> str | None:
-    """The dry run's line about triplet mining (None when the config mines no triplets)."""
-    from tgan.families import get_family
-
-    if not get_family(cfg.model.family).mines_triplets:
-        return None
+def mining_summary(cfg: Config) -> str:
+    """The dry run's line about triplet mining (for a family that mines triplets)."""
     rows, per_rank, need = _mining_need(cfg)
     was = "" if cfg.loss.miner == "hard" else \
         f"; the dense miner needed {dense_mining_bytes(rows, cfg.loss.miner) / 2**30:.1f} GiB"
@@ -177,12 +173,10 @@ def mining_summary(cfg: Config) -> str | None:
 
 
 def check_mining_memory(cfg: Config) -> None:
-    """Refuse (ConfigError) a config whose triplet mining needs more than loss.mining_memory_gb per rank."""
+    """Refuse (ConfigError) a config whose triplet mining needs more than loss.mining_memory_gb per rank
+    (for a family that mines triplets: tgan.resolve asks)."""
     from tgan.config import ConfigError
-    from tgan.families import get_family
 
-    if not get_family(cfg.model.family).mines_triplets:
-        return
     rows, per_rank, need = _mining_need(cfg)
     if need > cfg.loss.mining_memory_gb * 2**30:
         raise ConfigError(

@@ -31,8 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-FORMS = ("softmax", "hinge")
-MINERS = ("all", "semihard", "hard")
+from tgan.config import FORMS, MINERS
 
 CHUNK_BYTES = 64 * 2**20
 """Working memory one chunk of anchors aims at on a CPU: millions of elements per pass, small enough

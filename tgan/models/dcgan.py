@@ -33,15 +33,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tgan.config import IMAGE_SIZES
+
 NUM_LAYERS = 4
 BASE_SIDE = 4
-SIZES = (8, 16, 28, 32, 64)
 
 
 def conv_plan(image_size: int) -> list[tuple[int, int]]:
     """(stride, output side) of each of D's four conv layers for `image_size` (see module docstring)."""
-    if image_size not in SIZES:
-        raise ValueError(f"data.image_size={image_size} is not supported by the DCGAN nets: use one of {SIZES}")
+    if image_size not in IMAGE_SIZES:
+        raise ValueError(f"data.image_size={image_size} is not supported by the DCGAN nets: use one of {IMAGE_SIZES}")
     n = math.ceil(math.log2(image_size / BASE_SIDE))
     plan, side = [], image_size
     for stride in [1] * (NUM_LAYERS - n) + [2] * n:

@@ -1,6 +1,9 @@
 """Evaluate a trained model: k-NN accuracy, mAP and a linear probe on its features, beside two
 baselines computed the same way (the same networks at their initial weights, and raw pixels), plus
 pictures. Writes eval.json and eval.md into the output directory and returns the same dict.
+
+The orchestrator sits above tgan/eval (the metrics, probe and drawing it calls), the families and
+the checkpoints (train); the families draw with the functions handed to them (PictureInputs.draw).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from tgan.data.index import load_index
 from tgan.data.streams import load_split
 from tgan.eval.generation import generation_metrics
 from tgan.eval.metrics import retrieval_metrics
-from tgan.eval.pictures import loss_curves
+from tgan.eval import pictures
 from tgan.eval.probe import linear_probe
 from tgan.eval.report import write_report
 from tgan.families import get_family
@@ -119,9 +122,9 @@ def write_pictures(cfg: Config, family: Family, nets: dict[str, nn.Module], test
             z_left = family.sample_z(NUM_PAIRS, cfg.model.latent_dim, device=device)
             z_right = family.sample_z(NUM_PAIRS, cfg.model.latent_dim, device=device)
     inputs = PictureInputs(z=z, z_left=z_left, z_right=z_right, x=test_x[:NUM_RECONSTRUCTIONS].to(device),
-                           metrics=metrics_path)
+                           metrics=metrics_path, draw=pictures)
     written = family.pictures(nets, inputs, out)
-    curves = loss_curves(metrics_path, out / "loss_curves.png")
+    curves = pictures.loss_curves(metrics_path, out / "loss_curves.png")
     if curves is not None:
         written["loss_curves"] = curves
     return {name: str(path) for name, path in written.items()}
