@@ -78,15 +78,12 @@ def bf16_peak(name: str) -> float | None:
     return next((peak for part, peak in BF16_PEAKS if part in name), None)
 
 
-class StepTimer:
-    """The backend as the loop's PhaseRunner sees it, with the time spent in backend.step (backward,
-    gradient norms, clipping, optimizer) and, through global optimizer hooks, in the optimizers'
-    step() recorded, the device synchronised at each boundary."""
+class OptimizerTimer:
+    """Time spent in every optimizer's step() (torch's global optimizer hooks, which also see the
+    torch Adam inside DeepSpeed's wrappers), the device synchronised at each boundary."""
 
-    def __init__(self, backend, sync):
-        self.backend, self.sync = backend, sync
-        self.step_s = self.optimizer_s = 0.0
-        self._opened = 0.0
+    def __init__(self, sync):
+        self.sync, self.seconds, self._opened = sync, 0.0, 0.0
         register_optimizer_step_pre_hook(self._open)
         register_optimizer_step_post_hook(self._close)
 
@@ -96,18 +93,7 @@ class StepTimer:
 
     def _close(self, *_):
         self.sync()
-        self.optimizer_s += time.perf_counter() - self._opened
-
-    def __getattr__(self, name):
-        return getattr(self.backend, name)
-
-    def step(self, group, loss):
-        self.sync()
-        start = time.perf_counter()
-        result = self.backend.step(group, loss)
-        self.sync()
-        self.step_s += time.perf_counter() - start
-        return result
+        self.seconds += time.perf_counter() - self._opened
 
 
 def overrides(recipe: str, setup: str, device: str, shards: str, out_dir: str, quick: bool) -> list[str]:
@@ -135,6 +121,7 @@ def recipe_case(recipe: str, setup: str, args) -> dict:
     from miner_memory import rss
     from tgan.config import load_config
     from tgan.data.streams import build_streams
+    from tgan.dist import resolve_device
     from tgan.families import get_family
     from tgan.families.base import build_networks
     from tgan.losses.mining import global_triplet_loss
@@ -144,7 +131,7 @@ def recipe_case(recipe: str, setup: str, args) -> dict:
     shards = f"{synthetic_dir(recipe, args)}-synthetic"
     cfg = load_config(RECIPES[recipe], overrides(recipe, setup, args.device, shards,
                                                  str(Path(args.work) / "out" / recipe), args.quick))
-    device = torch.device(args.device)
+    device = resolve_device(cfg.train.device)  # cuda:LOCAL_RANK (0 here), as the loop picks it
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     streams = build_streams(cfg.data, rank=0, world_size=1, seed=cfg.train.seed, device=device)
@@ -159,9 +146,9 @@ def recipe_case(recipe: str, setup: str, args) -> dict:
         backend = DeepSpeedBackend(cfg.cluster.deepspeed, batch_size=cfg.data.batch_size)
     else:
         backend = TorchBackend.for_config(cfg)
-    timer = StepTimer(backend, sync)
+    timer = OptimizerTimer(sync)
     backend.setup(nets, family.groups_in_order, cfg.optim, device)
-    run_phase = PhaseRunner(timer, family.make_loss(cfg.loss, cfg.model, index.num_classes), list(nets))
+    run_phase = PhaseRunner(backend, family.make_loss(cfg.loss, cfg.model, index.num_classes), list(nets))
 
     def one_step() -> dict:
         sync()
@@ -169,14 +156,14 @@ def recipe_case(recipe: str, setup: str, args) -> dict:
         batch = _next_batch(streams, device)
         sync()
         fetched = time.perf_counter()
-        timer.step_s = timer.optimizer_s = 0.0
+        timer.seconds = 0.0
         mined = 0
         for group in family.groups_in_order:
             for _ in range(group.steps(cfg.loss)):
                 scalars, _ = run_phase(group, batch)
                 mined += "triplets" in scalars  # one global_triplet_loss call in this phase
         sync()
-        return {"total": time.perf_counter() - start, "data": fetched - start, "optimizer": timer.optimizer_s,
+        return {"total": time.perf_counter() - start, "data": fetched - start, "optimizer": timer.seconds,
                 "mined": mined}
 
     for _ in range(args.warmup):
