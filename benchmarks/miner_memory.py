@@ -86,26 +86,31 @@ def one_case(impl: str, n: int, miner: str) -> dict:
     return {"peak": max(peak, 0), "seconds": seconds, "candidates": candidates}
 
 
-def gpu_rank_case(n: int, miner: str, reps: int = 10) -> dict:
-    """One rank's mining (32 anchors against all N rows) forward+backward on the GPU: the median of
-    `reps` timed repetitions after two warm-ups, and the peak memory the caching allocator saw."""
+def rank_case(n: int, miner: str, reps: int = 10, device: str = "cuda") -> dict:
+    """One rank's mining (32 anchors against all N rows) forward+backward on `device`: the median of
+    `reps` timed repetitions after two warm-ups, and (on a GPU) the peak memory the caching allocator
+    saw (also used by benchmarks/gpu_suite.py, on either device)."""
+    cuda = device == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     gen = torch.Generator().manual_seed(n)
-    labels = torch.randint(0, CLASSES, (n,), generator=gen).cuda()
-    emb = torch.randn(n, DIM, generator=gen).cuda().requires_grad_()
-    anchors = torch.arange(PER_RANK, device="cuda")
+    labels = torch.randint(0, CLASSES, (n,), generator=gen).to(device)
+    emb = torch.randn(n, DIM, generator=gen).to(device).requires_grad_()
+    anchors = torch.arange(PER_RANK, device=device)
     times = []
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() if cuda else 0
     for i in range(reps + 2):
-        torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
         total, count = triplet_sum(emb, labels, anchors, form="softmax", miner=miner, margin=1.0)
         (total / count).backward()
-        torch.cuda.synchronize()
+        sync()
         if i >= 2:
             times.append(time.perf_counter() - start)
         emb.grad = None
-    return {"seconds": sorted(times)[len(times) // 2], "peak": torch.cuda.max_memory_allocated() - before}
+    return {"seconds": sorted(times)[len(times) // 2],
+            "peak": torch.cuda.max_memory_allocated() - before if cuda else None}
 
 
 def gpu_main(sizes: list[int], step_ms: float | None, out: Path) -> None:
@@ -113,7 +118,7 @@ def gpu_main(sizes: list[int], step_ms: float | None, out: Path) -> None:
     rows = ["| N | miner | per rank on the GPU: time | peak GPU memory | of the step |", "|---|---|---|---|---|"]
     for n in sizes:
         for miner in ("all", "semihard"):
-            r = gpu_rank_case(n, miner)
+            r = rank_case(n, miner)
             share = f"{100 * r['seconds'] * 1e3 / step_ms:.1f}%" if step_ms else "-"
             rows.append(f"| {n} | {miner} | {r['seconds'] * 1e3:.2f} ms | {gib(r['peak'])} | {share} |")
             print(rows[-1], flush=True)

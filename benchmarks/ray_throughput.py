@@ -152,8 +152,9 @@ def run_ray(cfg: Config, warmup: int) -> dict:
     return summarize(bench["stamps"], warmup, cfg.data.batch_size * cfg.cluster.num_workers, bench["comm"])
 
 
-def synthetic_shards(cfg: Config) -> str:
-    """Random images and labels of the recipe's shape, written with the data layer's own writer."""
+def synthetic_shards(cfg: Config, train: int = 20000, test: int = 2000) -> str:
+    """Random images and labels of the recipe's shape, written with the data layer's own writer into
+    <data.shards>-synthetic (kept: a second run reuses it)."""
     import numpy as np
 
     from tgan.data.prepare import write_shards
@@ -161,7 +162,7 @@ def synthetic_shards(cfg: Config) -> str:
 
     rng = np.random.default_rng(0)
     side, channels, classes = cfg.data.image_size, 3 if cfg.data.dataset in ("cifar10", "svhn", "celeba") else 1, 10
-    sizes = {"train": 20000, "test": 2000}
+    sizes = {"train": train, "test": test}
     images = {k: rng.integers(0, 256, (n, side, side, channels), dtype=np.uint8) for k, n in sizes.items()}
     labels = {k: rng.integers(0, classes, n) for k, n in sizes.items()}
     out = Path(cfg.data.shards + "-synthetic")

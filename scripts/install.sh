@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q "torch>=2.3,<=2.14.1" "torchvision>=0.18,<=0.29.1"
 DS_BUILD_OPS=0 python -m pip install -q --no-build-isolation "deepspeed>=0.15"
-python -m pip install -q -e ".[dev]"
+python -m pip install -q -e ".[dev,bench]"  # bench: pytorch-metric-learning, the peer in benchmarks/miner_peer.py

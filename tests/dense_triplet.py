@@ -26,7 +26,7 @@ def dense_mine(dist: torch.Tensor, labels: torch.Tensor, miner: str, margin: flo
     keep = same[:, :, None] & diff[:, None, :]
     if miner == "semihard":
         d_ap, d_an = d[:, :, None], d[:, None, :]
-        keep &= (d_an > d_ap) & (d_an < d_ap + margin)
+        keep &= (d_an > d_ap) & (d_an - d_ap < margin)  # the gap against the margin, as triplet.py
     return torch.nonzero(keep, as_tuple=True)
 
 

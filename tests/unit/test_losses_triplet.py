@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from dense_triplet import dense_triplet_loss
 
 from tgan.losses.triplet import triplet_loss
 
@@ -34,7 +35,7 @@ def hand(emb, labels, form, miner, margin):
                 for q in range(n):
                     if not (ok[a] and ok[p] and ok[q] and a != p and labels[p] == labels[a] != labels[q]):
                         continue
-                    if miner == "semihard" and not d[a][p] < d[a][q] < d[a][p] + margin:
+                    if miner == "semihard" and not (d[a][p] < d[a][q] and d[a][q] - d[a][p] < margin):
                         continue
                     triplets.append((a, p, q))
     if form == "softmax":  # -log(e^-d+ / (e^-d+ + e^-d-)) = softplus(d+ - d-)
@@ -109,3 +110,20 @@ def test_invalid_form_and_miner_name_the_field():
         triplet_loss(embeddings(), torch.tensor(LABELS), form="cosine", miner="all", margin=1.0)
     with pytest.raises(ValueError, match="loss.miner='easy'"):
         triplet_loss(embeddings(), torch.tensor(LABELS), form="hinge", miner="easy", margin=1.0)
+
+
+def test_semihard_compares_the_gap_with_the_margin_at_float32_rounding():
+    # d+ = 0.3 and d- = fl32(0.3 + 1): d+ + m rounds up to d- exactly, so `d- < d+ + m` is false, but
+    # the gap d- - d+ is below the margin (exactly and in float32): the triplet is semi-hard.
+    d_ap = torch.tensor(0.3)
+    d_an = d_ap + 1.0
+    assert not d_an < d_ap + 1.0 and d_an - d_ap < 1.0
+    assert d_an.double() - d_ap.double() < 1.0
+    # 1-d rows: anchor at 0, positive at d+, negative at -d-; cdist gives these distances bit-exactly.
+    emb = torch.stack([torch.tensor(0.0), d_ap, -d_an])[:, None]
+    labels = torch.tensor([0, 0, 1])
+    loss, count = triplet_loss(emb, labels, form="hinge", miner="semihard", margin=1.0)
+    assert count == 1  # (0, 1, 2); from the positive's side the gap is 1.3 > m
+    assert loss.item() == pytest.approx(1.0 + 0.3 - 1.3, abs=1e-6)
+    # the dense reference miner draws the same boundary
+    assert dense_triplet_loss(emb, labels, form="hinge", miner="semihard", margin=1.0)[1] == 1

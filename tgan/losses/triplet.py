@@ -8,7 +8,9 @@ Both are averaged over the mined triplets.
 
 Miners (loss.miner); rows with label -1 (unlabelled) are never anchor, positive or negative:
 - all:      every (a, p, n) with a != p, y_a = y_p, y_n != y_a.
-- semihard: the triplets of `all` with d+ < d- < d+ + m (FaceNet), every one of them.
+- semihard: the triplets of `all` with d+ < d- and d- - d+ < m (FaceNet's d+ < d- < d+ + m, written
+            as the gap against the margin: in float32 d+ + m can round up to d-, which would drop a
+            triplet whose gap is below the margin), every one of them.
 - hard:     batch-hard (Hermans et al.): per anchor with a positive and a negative, its farthest
             positive and nearest negative; ties go to the lowest row, so the choice is deterministic.
 Selection looks at distances only (boolean masks), so gradients flow through the chosen distances.
@@ -116,7 +118,7 @@ def _chunk_sum(emb: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, pos:
     if miner == "all":
         return terms.sum(), (ok.sum(1) * neg.sum(1)).sum()
     dd_ap, dd_an = d_ap.detach()[:, :, None], d_an.detach()[:, None, :]  # the same comparisons as before
-    keep = (dd_an > dd_ap) & (dd_an < dd_ap + margin)  # false wherever a distance is infinite
+    keep = (dd_an > dd_ap) & (dd_an - dd_ap < margin)  # false wherever a distance is infinite (gap inf or nan)
     return torch.where(keep, terms, 0.0).sum(), keep.sum()
 
 
