@@ -298,6 +298,8 @@ CASES = [
     Case("set-fraction-for-int", "train", _train_args("train.steps=1.5"), ("train.steps",)),
     # Model sizes.
     Case("width-inf", "train", _train_args("model.width=inf"), ("model.width",)),
+    Case("lr-inf", "train", _train_args("optim.lr=inf"), ("optim.lr=", "finite")),
+    Case("lr-d-nan", "train", _train_args("optim.lr_d=nan"), ("optim.lr_d=", "finite")),
     Case("width-1e-9", "train", _train_args("model.width=1e-9"), ("model.width",)),
     Case("width-nan", "train", _train_args("model.width=nan"), ("model.width",)),
     Case("width-1e6", "train", _train_args("model.width=1000000"), ("model.width",)),
@@ -348,7 +350,7 @@ CASES = [
     Case("metrics-partial-last-line", "train", _train_args("train.steps=3"), ("metrics.jsonl", "partial"),
          setup=_copy_run(_append_partial_line), check=lambda ctx: _strict_json_lines(ctx, range(1, 4)),
          tolerate=True, may_write=("run",)),
-    Case("metrics-nan", "train", _train_args("optim.lr=inf", "train.max_nonfinite_in_row=2", "train.steps=3"),
+    Case("metrics-nan", "train", _train_args("optim.lr=1e38", "train.max_nonfinite_in_row=2", "train.steps=3"),
          ("non-finite",), check=lambda ctx: _strict_json_lines(ctx, range(1, 3), flagged=True),
          may_write=("run",)),
     # launch/train.py --dry-run: the cluster section.
