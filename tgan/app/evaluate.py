@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tgan.config import ConfigError, apply_overrides, dump_yaml, parse_overrides
 from tgan.data.index import DataError
-from tgan.train.checkpoint import CheckpointError, find_checkpoint, load_networks
+from tgan.train.checkpoint import CheckpointError
 
 # The networks come from the checkpoint, so only what reads data or scores features may change;
 # train.seed stays, because it defines the random-init baseline (the run's own initial weights).
@@ -26,14 +26,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_checkpoint(path: Path) -> Path:
-    newest = find_checkpoint(path)
-    if newest is None:
-        raise FileNotFoundError(f"{path} is neither a checkpoint directory (no state.pt) nor a run directory "
-                                "with checkpoints/step_* or checkpoints/best in it")
-    return newest
-
-
 def run_directory(checkpoint: Path) -> Path | None:
     """<out_dir> of the run that wrote <out_dir>/checkpoints/step_N, where its metrics.jsonl lives."""
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
@@ -49,12 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so that argument errors need neither torch's model code nor the data code.
     from tgan.data.index import load_index
     from tgan.dist import resolve_device
+    from tgan.eval.inputs import check_eval_inputs, open_networks
     from tgan.eval.metrics import check_gallery
     from tgan.eval.run import evaluate, evaluated_files
 
     try:
-        checkpoint = resolve_checkpoint(Path(args.checkpoint))
-        saved, nets = load_networks(checkpoint)
+        found = open_networks(args.checkpoint)
+        if found is None:
+            raise FileNotFoundError(f"{args.checkpoint} is neither a checkpoint directory (no state.pt) nor a run "
+                                    "directory with checkpoints/step_* or checkpoints/best in it")
+        checkpoint, saved, nets = found
         run_dir = run_directory(checkpoint)
         out = Path(args.out) if args.out else (run_dir or checkpoint) / "eval" / checkpoint.name
         if out.exists() and not out.is_dir():
@@ -63,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = apply_overrides(saved, parse_overrides(args.overrides))
         index = load_index(cfg.data.shards)
         check_gallery(cfg.eval, index.split("train").count, index.location())
+        check_eval_inputs(cfg)
         out.mkdir(parents=True, exist_ok=True)  # only now that the settings and the data are accepted
         dump_yaml(cfg, out / "config.yaml")
         device = resolve_device(cfg.train.device)

@@ -27,13 +27,13 @@ def recipe_parser(description: str) -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace) -> Config | int:
     """The validated Config, or the exit code when there is nothing to train: 0 after --dry-run
     printed the config, 2 after a config error was printed."""
+    from tgan.eval.inputs import check_eval_inputs
     from tgan.losses.mining import check_mining_memory  # torch, for the miner's own constants
-    from tgan.train.checkpoint import baseline_checkpoint
 
     try:
         cfg = load_config(args.config, args.overrides)
         check_mining_memory(cfg)
-        baseline_checkpoint(cfg)
+        check_eval_inputs(cfg)  # the baseline run and the Inception weights, loaded before any training
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
