@@ -307,10 +307,10 @@ def run_storage(run_dir: str) -> tuple[pyarrow.fs.FileSystem, str]:
         try:
             found = fs.get_file_info(bucket).type != pyarrow.fs.FileType.NotFound
         except OSError as e:  # pyarrow's message names the operation and the connection error
-            raise ClusterError(f"cluster.storage_path: cannot reach {endpoint_of(run_dir)} for {run_dir} "
+            raise ClusterError(f"cluster.storage_path: {run_dir}: cannot reach {endpoint_of(run_dir)} "
                                f"({str(e).strip().splitlines()[0]})") from None
         if not found:
-            raise ClusterError(f"cluster.storage_path: bucket {bucket!r} of {run_dir} does not exist at "
+            raise ClusterError(f"cluster.storage_path: {run_dir}: bucket {bucket!r} does not exist at "
                                f"{endpoint_of(run_dir)}: create it (Ray does not) or choose another")
     return fs, path
 
