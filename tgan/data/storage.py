@@ -39,6 +39,10 @@ def endpoint(location: str | Path) -> str:
     return f"the {scheme}:// store"
 
 
+def _no_bucket(e: FileNotFoundError) -> bool:
+    return "bucket does not exist" in str(e)  # s3fs's words for NoSuchBucket; a missing object names its key
+
+
 def _unreachable(e: BaseException) -> bool:
     """A connection that failed or timed out, as botocore (s3fs) or aiohttp (http, gcsfs) report it."""
     import aiohttp
@@ -56,7 +60,7 @@ def _errors(location: str | Path):
     try:
         yield
     except FileNotFoundError as e:
-        if "bucket does not exist" not in str(e):  # s3fs's words for NoSuchBucket
+        if not _no_bucket(e):
             raise
         bucket = urlsplit(str(location)).netloc
         raise StorageError(f"{location}: bucket {bucket!r} does not exist at {endpoint(location)}: create it "
@@ -113,7 +117,7 @@ def exists(location: str | Path) -> bool:
             fs.info(path)  # fs.exists() takes a missing bucket for "absent"
             return True
         except FileNotFoundError as e:
-            if "bucket does not exist" in str(e):
+            if _no_bucket(e):
                 raise
             return False
 
@@ -139,7 +143,7 @@ def check_writable(url: str) -> None:
 
 def missing(directory: str | Path, names: list[str]) -> list[str]:
     """Those of `names` that are not in `directory`: one listing (object stores, local disk), or one
-    HEAD request per name over HTTP, which has no listing."""
+    1-byte GET per name over HTTP, which has no listing."""
     fs, path = _fs(directory)
     if "http" in fs.protocol:
         return [n for n in names if not exists(join(directory, n))]
@@ -147,7 +151,7 @@ def missing(directory: str | Path, names: list[str]) -> list[str]:
         try:
             present = {p.rstrip("/").rpartition("/")[2] for p in fs.ls(path, detail=False)}
         except FileNotFoundError as e:
-            if "bucket does not exist" in str(e):
+            if _no_bucket(e):
                 raise
             present = set()
     return [n for n in names if n not in present]

@@ -11,7 +11,6 @@ from tgan import dist
 from tgan.config import DataConfig
 from tgan.data import storage
 from tgan.data.index import INDEX_NAME, DataError
-from tgan.data.storage import StorageError
 from tgan.data.prepare import write_shards
 from tgan.data.sources import make_source
 
@@ -28,7 +27,7 @@ def ensure_shards(data_cfg: DataConfig) -> str:
                         "wrote (it holds index.json)")
     try:
         present = storage.exists(storage.join(shards, INDEX_NAME))
-    except StorageError as e:
+    except storage.StorageError as e:
         raise DataError(f"data.shards: {e}") from None
     if not present:
         if data_cfg.dataset != "digits" or storage.read_only(shards):
