@@ -22,6 +22,7 @@ import pyarrow.fs
 import ray
 
 from tgan.config import ClusterConfig
+from tgan.data.storage import endpoint as endpoint_of
 from tgan.train.checkpoint import checkpoint_step
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -265,6 +266,7 @@ def storage_path(cfg: ClusterConfig, out_dir: str | Path) -> str:
     """
     raw = cfg.storage_path or str(Path(out_dir).resolve() / "ray")
     if "://" in raw:
+        run_storage(raw)  # its bucket exists
         return raw
     path = Path(raw)  # absolute: the config refuses a relative cluster.storage_path
     probe = path / f".write_probe_{uuid.uuid4().hex}"
@@ -291,15 +293,26 @@ def storage_filesystem(storage: str) -> tuple[str, pyarrow.fs.FileSystem | None]
 
 
 def run_storage(run_dir: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """(file system, path on it) of Ray's run directory, a path or URI."""
+    """(file system, path on it) of Ray's run directory, a path or URI; for a URI, ClusterError unless
+    its store answers and its bucket exists (Ray would fail in the middle of its start-up instead)."""
     path, fs = storage_filesystem(run_dir)
-    if fs is not None:
-        return fs, path
-    try:
-        return pyarrow.fs.FileSystem.from_uri(path if "://" in path else str(Path(path).resolve()))
-    except (OSError, ValueError) as e:  # pyarrow: ArrowInvalid (a ValueError) for a URI it cannot use
-        raise ClusterError(f"cluster.storage_path: cannot use {run_dir} ({e}); expected an absolute path or a URI "
-                           "such as s3://bucket/runs") from e
+    if fs is None:
+        try:
+            fs, path = pyarrow.fs.FileSystem.from_uri(path if "://" in path else str(Path(path).resolve()))
+        except (OSError, ValueError) as e:  # pyarrow: ArrowInvalid (a ValueError) for a URI it cannot use
+            raise ClusterError(f"cluster.storage_path: cannot use {run_dir} ({e}); expected an absolute path or a "
+                               "URI such as s3://bucket/runs") from e
+    if "://" in run_dir:
+        bucket = path.split("/")[0]
+        try:
+            found = fs.get_file_info(bucket).type != pyarrow.fs.FileType.NotFound
+        except OSError as e:  # pyarrow's message names the operation and the connection error
+            raise ClusterError(f"cluster.storage_path: {run_dir}: cannot reach {endpoint_of(run_dir)} "
+                               f"({str(e).strip().splitlines()[0]})") from None
+        if not found:
+            raise ClusterError(f"cluster.storage_path: {run_dir}: bucket {bucket!r} does not exist at "
+                               f"{endpoint_of(run_dir)}: create it (Ray does not) or choose another")
+    return fs, path
 
 
 def stored_steps(fs: pyarrow.fs.FileSystem, path: str) -> list[str]:

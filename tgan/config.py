@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import pkgutil
 import types
 import typing
@@ -455,14 +456,20 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     if value is None and type(None) in options:
         return None
     for t in options:
+        number = None
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            number = float(value)
         if t is float and isinstance(value, str):
             # YAML 1.1 reads 1e-4 (no dot) as a string; accept it as the number it is meant to be.
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            # inf passes every range check (lr > 0) and nan fails none written as "not (x < 0)".
+            if not math.isfinite(number):
+                raise ConfigError(f"{name}={value!r} is invalid: expected a finite number")
+            return number
         if t in (int, str, bool, dict) and isinstance(value, t) and not (t is int and isinstance(value, bool)):
             return value
     raise ConfigError(f"{name}={value!r} has the wrong type: expected {hint}")

@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from tgan import dist
-from tgan.config import Config, ConfigError
+from tgan.config import Config
 from tgan.data.index import load_index
 from tgan.data.streams import load_split
 from tgan.eval.generation import generation_metrics
+from tgan.eval_inputs import load_baseline
 from tgan.eval.metrics import retrieval_metrics
 from tgan.eval import pictures
 from tgan.eval.probe import linear_probe
@@ -27,7 +28,6 @@ from tgan.eval.report import write_report
 from tgan.families import get_family
 from tgan.families.base import Family, PictureInputs, build_networks
 from tgan.progress import Progress
-from tgan.train.checkpoint import baseline_checkpoint, load_networks
 
 TABLE_K = 9
 """The table shows 1-NN and 9-NN (the authors' choices); eval.json has every k up to eval.max_k."""
@@ -83,14 +83,10 @@ def baseline_features(cfg: Config, data: EvalData,
                       device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Row name -> (training features, test features) of the eval.baseline run's trained networks (its
     own family and config), on the images this model is scored on; empty without a baseline."""
-    checkpoint = baseline_checkpoint(cfg)
-    if checkpoint is None:
+    baseline = load_baseline(cfg)
+    if baseline is None:
         return {}
-    saved, nets = load_networks(checkpoint)
-    if (saved.data.dataset, saved.data.image_size) != (cfg.data.dataset, cfg.data.image_size):
-        raise ConfigError(f"eval.baseline={cfg.eval.baseline!r} is a run on {saved.data.dataset} at "
-                          f"{saved.data.image_size} px: expected {cfg.data.dataset} at {cfg.data.image_size} px, "
-                          "the images this model is scored on")
+    saved, nets = baseline
     for net in nets.values():
         net.to(device)
     family = get_family(saved.model.family)

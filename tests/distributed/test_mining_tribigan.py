@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from tgan.config import LossConfig, ModelConfig
-from tgan.losses.base import Batch
+from tgan.losses.base import Batch, to_floats
 from tgan.losses.triplet import triplet_loss
 from tgan.families import get_family
 from spawned import leave
@@ -37,6 +37,7 @@ def _worker(rank, init_file):
         torch.manual_seed(10 + rank)
         value, scalars = loss.g_loss(wrapped, batch)
         value.backward()
+        scalars = to_floats(scalars)  # detached 0-d tensors, read back as the loop logs them
 
         with torch.no_grad():  # rank 0 holds every labelled row: mining them alone is the global answer
             nets["E"].train()

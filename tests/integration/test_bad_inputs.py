@@ -50,7 +50,7 @@ class Ctx:
 class Case:
     id: str
     cli: str
-    """train (one process), ray (launch/train.py --dry-run), sweep, eval or prepare."""
+    """train (one process), ray (launch/train.py --dry-run), ray-run (launch/train.py), sweep, eval or prepare."""
     args: list[str]
     """Arguments; {tmp}, {shards}, {run}, {ckpt} and {debug} are filled in from the Ctx."""
     names: tuple[str, ...]
@@ -85,7 +85,8 @@ def _main(cli: str) -> Callable[[list[str]], int]:
     if cli == "train" and not (launch / "train_local.py").exists():  # before the command lines moved to tgan/app
         from tgan.train.cli import main
         return main
-    script = {"train": "train_local", "ray": "train", "sweep": "sweep", "eval": "evaluate", "prepare": "prepare_data"}
+    script = {"train": "train_local", "ray": "train", "ray-run": "train", "sweep": "sweep", "eval": "evaluate",
+              "prepare": "prepare_data"}
     spec = importlib.util.spec_from_file_location(f"launch_{cli}", launch / f"{script[cli]}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -298,6 +299,8 @@ CASES = [
     Case("set-fraction-for-int", "train", _train_args("train.steps=1.5"), ("train.steps",)),
     # Model sizes.
     Case("width-inf", "train", _train_args("model.width=inf"), ("model.width",)),
+    Case("lr-inf", "train", _train_args("optim.lr=inf"), ("optim.lr=", "finite")),
+    Case("lr-d-nan", "train", _train_args("optim.lr_d=nan"), ("optim.lr_d=", "finite")),
     Case("width-1e-9", "train", _train_args("model.width=1e-9"), ("model.width",)),
     Case("width-nan", "train", _train_args("model.width=nan"), ("model.width",)),
     Case("width-1e6", "train", _train_args("model.width=1000000"), ("model.width",)),
@@ -348,7 +351,7 @@ CASES = [
     Case("metrics-partial-last-line", "train", _train_args("train.steps=3"), ("metrics.jsonl", "partial"),
          setup=_copy_run(_append_partial_line), check=lambda ctx: _strict_json_lines(ctx, range(1, 4)),
          tolerate=True, may_write=("run",)),
-    Case("metrics-nan", "train", _train_args("optim.lr=inf", "train.max_nonfinite_in_row=2", "train.steps=3"),
+    Case("metrics-nan", "train", _train_args("optim.lr=1e38", "train.max_nonfinite_in_row=2", "train.steps=3"),
          ("non-finite",), check=lambda ctx: _strict_json_lines(ctx, range(1, 3), flagged=True),
          may_write=("run",)),
     # launch/train.py --dry-run: the cluster section.
@@ -394,6 +397,44 @@ CASES = [
     Case("prepare-root-missing", "prepare", ["--dataset", "fashion-mnist", "--root", "{tmp}/none", "--out",
                                              "{tmp}/d", "--no-progress"], ("none",)),
 ]
+
+
+# Object storage: a bucket that does not exist on the session's S3 server (moto, tests/conftest.py),
+# an S3 endpoint and an http server that are down (port 9: nothing listens), for every command line
+# that reads or writes a store. Each error names the setting and the endpoint.
+DOWN = "http://127.0.0.1:9"
+STORE_CASES = [
+    Case(f"{store}-{cli}", cli, args, names)
+    for store, url, reason in [("s3-no-bucket", "s3://no-such-bucket/digits", "bucket 'no-such-bucket' does not exist at "
+                                "http://127.0.0.1:"),
+                               ("s3-down", "s3://tgan-test/digits", f"cannot reach {DOWN} (AWS_ENDPOINT_URL)"),
+                               ("http-down", f"{DOWN}/digits", f"cannot reach {DOWN} (ClientConnectorError")]
+    for cli, args, names in [
+        ("train", _train_args(f"data.shards={url}"), ("data.shards: ", reason)),
+        ("eval", ["{ckpt}", "--set", f"data.shards={url}", "--out", "{tmp}/ev"], ("data.shards: ", reason)),
+        ("prepare", ["--dataset", "digits", "--out", url, "--no-progress"],
+         ("--out: ", "http(s) is read-only" if store == "http-down" else reason)),
+        ("ray-run", ["--config", "{debug}", "--set", f"train.out_dir={{tmp}}/run", "--set",
+                     f"cluster.storage_path={url}/ray"], ("cluster.storage_path: ", reason.split(" (")[0])),
+    ] if not (store == "http-down" and cli == "ray-run")  # Ray's storage is a path or a bucket, never http
+]
+
+
+@pytest.mark.parametrize("case", STORE_CASES, ids=[c.id for c in STORE_CASES])
+def test_object_storage_fault(case, s3_bucket, shards, finished_run, tmp_path, monkeypatch):
+    """Each was a ~135-line botocore or pyarrow traceback, or blamed a flag the user never gave
+    (`--out s3://...: upload failed` from the trainer), and launch/train.py left run.json behind."""
+    import s3fs
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's 5 tries of a refused connection take 6 s
+    if case.id.startswith("s3-down"):
+        monkeypatch.setenv("AWS_ENDPOINT_URL", DOWN)
+    s3fs.S3FileSystem.clear_instance_cache()  # s3fs reuses a file system made with the old environment
+    try:
+        result = outcome(case, Ctx(tmp_path, shards, finished_run))
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+    assert result.kind == "clean", f"{result.kind}: {result.why}\n{result.output[-3000:]}"
 
 
 @pytest.fixture(scope="session")

@@ -32,10 +32,13 @@ def test_listening_address_passes_and_a_closed_one_fails_after_the_bounded_wait(
     wait_reachable("auto", timeout_s=0)  # resolved by Ray itself
 
 
-def test_storage_path_defaults_under_out_dir_and_passes_uris(tmp_path):
+def test_storage_path_defaults_under_out_dir_and_passes_uris_whose_bucket_exists(tmp_path, s3_bucket):
     assert storage_path(ClusterConfig(), tmp_path / "run") == str((tmp_path / "run" / "ray").resolve())
     assert (tmp_path / "run" / "ray").is_dir() and not list((tmp_path / "run" / "ray").iterdir())
-    assert storage_path(ClusterConfig(storage_path="s3://bucket/runs"), tmp_path) == "s3://bucket/runs"
+    assert storage_path(ClusterConfig(storage_path=f"{s3_bucket}/runs"), tmp_path) == f"{s3_bucket}/runs"
+    with pytest.raises(ClusterError, match=r"^cluster\.storage_path: s3://no-such-bucket/runs: bucket "
+                                           r"'no-such-bucket' does not exist at http://127\.0\.0\.1:\d+ "):
+        storage_path(ClusterConfig(storage_path="s3://no-such-bucket/runs"), tmp_path)
 
 
 def test_worker_env_finds_this_checkout_and_picks_deepspeeds_cpu_accelerator_only_on_cpu():

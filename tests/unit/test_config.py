@@ -1,4 +1,7 @@
 """The config tree: defaults, precedence (defaults < recipe < overrides), validation naming the field."""
+import dataclasses
+import typing
+
 import pytest
 import yaml
 
@@ -33,6 +36,28 @@ def test_integers_are_accepted_for_floats_but_not_strings_for_numbers(tmp_path):
         load_config(None, ["loss.alpha=abc"])
     with pytest.raises(ConfigError, match="train.steps"):
         load_config(None, ["train.steps=true"])
+
+
+def _float_fields(cls=Config, prefix=""):
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            yield from _float_fields(hint, f"{prefix}{f.name}.")
+        elif float in (typing.get_args(hint) or (hint,)):
+            yield f"{prefix}{f.name}"
+
+
+def test_every_float_field_refuses_non_finite_numbers_in_one_line(tmp_path):
+    """optim.lr=inf passed `lr > 0`, and a run then skipped every checkpoint as non-finite."""
+    fields = list(_float_fields())
+    assert "optim.lr" in fields and "optim.lr_d" in fields and len(fields) >= 15
+    for field in fields:
+        for value in ("inf", "-inf", "nan", "1e999"):
+            with pytest.raises(ConfigError) as refused:
+                load_config(None, [f"{field}={value}"])
+            assert str(refused.value) == f"{field}={value!r} is invalid: expected a finite number"
+    with pytest.raises(ConfigError, match=r"^optim\.lr=inf is invalid: expected a finite number$"):
+        load_config(write(tmp_path, {"optim": {"lr": float("inf")}}))  # a recipe's .inf
 
 
 @pytest.mark.parametrize("override, field", [

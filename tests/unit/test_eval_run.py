@@ -209,6 +209,64 @@ def test_cli_errors_name_the_problem(trained, tmp_path, capsys):
     assert str(tmp_path / "none") in capsys.readouterr().err
 
 
+def test_a_baseline_or_run_whose_newest_checkpoint_is_damaged_falls_back_to_the_older_one(trained, tmp_path, capsys):
+    """As for resume: a damaged newest checkpoint is named in one line and the previous one is used,
+    before training (check_eval_inputs), at its evaluation and by launch/evaluate.py."""
+    from launch.evaluate import main
+    from tgan.eval_inputs import check_eval_inputs, load_baseline
+    from tgan.train.checkpoint import load_networks
+
+    cfg, _, run_dir = trained
+    base = tmp_path / "base"
+    shutil.copytree(run_dir, base, ignore=shutil.ignore_patterns("eval"))
+    newest = base / "checkpoints" / "step_00000004" / "state.pt"
+    newest.write_bytes(newest.read_bytes()[:100])
+    with_baseline = cfg_for(cfg.data.shards, run_dir, f"eval.baseline={base}")
+    check_eval_inputs(with_baseline)
+    _, nets = load_baseline(with_baseline)
+    _, older = load_networks(base / "checkpoints" / "step_00000002")
+    assert all(torch.equal(a, b) for n in nets for a, b in zip(nets[n].state_dict().values(),
+                                                                older[n].state_dict().values()))
+    skipped = f"eval.baseline={str(base)!r}: checkpoint {newest.parent} skipped: {newest} has 100 bytes but"
+    assert capsys.readouterr().err.count(skipped) == 2
+
+    assert main([str(run_dir), "--set", f"eval.baseline={base}", "--set", "eval.max_test=20",
+                 "--out", str(tmp_path / "ev")]) == 0
+    assert "| baseline tribigan E |" in capsys.readouterr().out
+    assert main([str(base), "--set", "eval.max_test=20", "--out", str(tmp_path / "ev_base")]) == 0
+    out, err = capsys.readouterr()
+    assert f"checkpoint {newest.parent} skipped: {newest} has 100 bytes" in err
+    assert "checkpoints/step_00000002: 20 test queries" in out
+
+    (base / "checkpoints" / "step_00000002" / "state.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match=rf"^eval.baseline='{base}': none of the 2 checkpoints of {base} can be "
+                                          rf"loaded \(newest: {newest} has 100 bytes"):
+        check_eval_inputs(with_baseline)
+
+
+@pytest.mark.parametrize("setting", ["baseline-of-other-images", "damaged-inception-weights"])
+def test_eval_inputs_are_refused_before_training_starts(trained, tmp_path, capsys, setting):
+    """Found at the end of training before: a whole run spent for an evaluation that could not run."""
+    from launch.train_local import main
+
+    cfg, _, run_dir = trained
+    if setting == "baseline-of-other-images":
+        sets, expected = [f"eval.baseline={run_dir}", "data.image_size=32"], (
+            f"error: eval.baseline={str(run_dir)!r} is a run on digits at 16 px: expected digits at 32 px, "
+            "the images this model is scored on")
+    else:
+        weights = tmp_path / "inception.pth"
+        torch.save({"fc.weight": torch.zeros(1008, 2048)}, weights)  # the right first key, nothing else
+        sets, expected = [f"eval.inception_weights={weights}", "eval.fid_samples=16"], (
+            f"error: eval.inception_weights={str(weights)!r} is not torch-fidelity's Inception state dict (")
+    out = tmp_path / "run"
+    argv = ["--config", str(DEBUG), "--set", f"data.shards={cfg.data.shards}", "--set", f"train.out_dir={out}"]
+    assert main(argv + [a for s in sets for a in ("--set", s)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(expected), err
+    assert not out.exists()
+
+
 def test_html_report_shows_the_table_and_every_picture_in_a_real_browser(trained, evaluated):
     """Headless Chromium loads eval/index.html: the table has the result's rows, every picture
     loaded (its caption then shows its pixel size; a picture that fails says "missing"), and the

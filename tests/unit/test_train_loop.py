@@ -171,6 +171,20 @@ def test_diverging_run_skips_and_counts_non_finite_steps_then_stops_naming_the_s
         for net in torch.load(p / "state.pt", weights_only=False)["nets"].values() for t in net.values())
 
 
+def test_a_run_that_never_wrote_a_finite_checkpoint_fails_in_one_line_instead_of_evaluating(shards, tmp_path, capsys):
+    """Fewer steps than train.max_nonfinite_in_row, every checkpoint refused as non-finite: the run
+    once exited 0 with `checkpoint None` and an evaluation table of its diverged networks."""
+    from launch.train_local import main
+
+    assert main(["--config", str(DEBUG), "--set", f"data.shards={shards}", "--set", f"train.out_dir={tmp_path}",
+                 "--set", "optim.lr=1e38", "--set", "train.steps=2", "--set", "train.max_nonfinite_in_row=100"]) == 1
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines()[-1] == (
+        "error: no checkpoint written in 2 steps: the weights held non-finite values at every checkpoint (see the "
+        "lines above); lower optim.lr or set optim.grad_clip and start again")
+    assert "done:" not in out and not (tmp_path / "eval").exists() and not (tmp_path / "checkpoints").exists()
+
+
 def test_resume_never_refuses_an_out_dir_with_checkpoints(shards, tmp_path):
     out = tmp_path / "run"
     train(debug_cfg(shards, out, "train.steps=2"))

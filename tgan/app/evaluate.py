@@ -7,7 +7,7 @@ from pathlib import Path
 from tgan.config import ConfigError, apply_overrides, dump_yaml, parse_overrides
 from tgan.data.index import DataError
 from tgan.resolve import check
-from tgan.train.checkpoint import CheckpointError, find_checkpoint, load_networks
+from tgan.train.checkpoint import CheckpointError
 
 # The networks come from the checkpoint, so only what reads data or scores features may change;
 # train.seed stays, because it defines the random-init baseline (the run's own initial weights).
@@ -19,14 +19,6 @@ def overridable(item: str) -> bool:
     """Whether the --set item (KEY=VALUE, split as tgan.config.parse_overrides splits it) may change."""
     key = item.partition("=")[0].strip()
     return key.startswith(OVERRIDABLE) or key in OVERRIDABLE_KEYS
-
-
-def resolve_checkpoint(path: Path) -> Path:
-    newest = find_checkpoint(path)
-    if newest is None:
-        raise FileNotFoundError(f"{path} is neither a checkpoint directory (no state.pt) nor a run directory "
-                                "with checkpoints/step_* or checkpoints/best in it")
-    return newest
 
 
 def run_directory(checkpoint: Path) -> Path | None:
@@ -45,12 +37,16 @@ def run_evaluate(checkpoint: str, overrides: list[str], *, out: str | None = Non
     # Imported here so that argument errors need neither torch's model code nor the data code.
     from tgan.data.index import load_index
     from tgan.dist import resolve_device
+    from tgan.eval_inputs import check_eval_inputs, open_networks
     from tgan.eval.metrics import check_gallery
     from tgan.evaluate import evaluate, evaluated_files
 
     try:
-        checkpoint = resolve_checkpoint(Path(checkpoint))
-        saved, nets = load_networks(checkpoint)
+        found = open_networks(checkpoint)
+        if found is None:
+            raise FileNotFoundError(f"{checkpoint} is neither a checkpoint directory (no state.pt) nor a run "
+                                    "directory with checkpoints/step_* or checkpoints/best in it")
+        checkpoint, saved, nets = found
         run_dir = run_directory(checkpoint)
         out = Path(out) if out else (run_dir or checkpoint) / "eval" / checkpoint.name
         if out.exists() and not out.is_dir():
@@ -59,6 +55,7 @@ def run_evaluate(checkpoint: str, overrides: list[str], *, out: str | None = Non
         cfg = check(apply_overrides(saved, parse_overrides(overrides)))
         index = load_index(cfg.data.shards)
         check_gallery(cfg.eval, index.split("train").count, index.location())
+        check_eval_inputs(cfg)
         out.mkdir(parents=True, exist_ok=True)  # only now that the settings and the data are accepted
         dump_yaml(cfg, out / "config.yaml")
         device = resolve_device(cfg.train.device)

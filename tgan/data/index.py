@@ -121,6 +121,8 @@ def load_index(shards_dir: str | Path) -> DatasetIndex:
     path = storage.join(shards_dir, INDEX_NAME)
     try:
         d = json.loads(storage.read_bytes(path))
+    except storage.StorageError as e:
+        raise DataError(f"data.shards: {e}") from None
     except FileNotFoundError as e:
         raise DataError(f"{path} not found: make the shards with `python launch/prepare_data.py --dataset NAME "
                         f"--root DATA_ROOT --out {shards_dir}` (data.shards must point at that --out)") from e
@@ -153,6 +155,8 @@ def check_shards_present(index: DatasetIndex, split: str) -> None:
     names = [shard.name for shard in index.split(split).shards]
     try:
         gone = storage.missing(index.root, names)
+    except storage.StorageError as e:
+        raise DataError(f"data.shards: {e}") from None
     except OSError as e:
         raise DataError(f"{index.root} cannot be listed ({e}); check the URL and the storage credentials") from e
     if gone:

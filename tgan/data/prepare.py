@@ -26,6 +26,7 @@ from tgan.data.codec import encode_sample, sample_key
 from tgan.data.index import (FORMAT_VERSION, INDEX_NAME, DataError, DatasetIndex, ShardInfo, index_from_dict,
                              sha256_file, write_json_atomic)
 from tgan.data.sources import DEFAULT_SHARD_SIZE, Source
+from tgan.data.storage import StorageError
 from tgan.progress import Progress
 
 log = logging.getLogger("tgan.data")
@@ -67,8 +68,9 @@ def _write_shard(path: Path, source_split, split: str, start: int, stop: int, nu
 
 
 def write_shards(source: Source, out: str | Path, *, shard_size: int = DEFAULT_SHARD_SIZE,
-                 progress: bool = True) -> DatasetIndex:
-    """Write `<out>/{train,test}-NNNNNN.tar` and `<out>/index.json` (a directory or URL); returns the index."""
+                 progress: bool = True, setting: str = "--out") -> DatasetIndex:
+    """Write `<out>/{train,test}-NNNNNN.tar` and `<out>/index.json` (a directory or URL); returns the index.
+    `setting`: what the user called `out` (--out, or data.shards when the trainer prepares digits), for errors."""
     if shard_size < 1:
         raise DataError(f"--shard-size {shard_size} is invalid: expected an integer >= 1")
     if not str(out).strip():  # Path("") is the current directory
@@ -77,14 +79,20 @@ def write_shards(source: Source, out: str | Path, *, shard_size: int = DEFAULT_S
         if Path(out).exists() and not Path(out).is_dir():
             raise DataError(f"--out {out} is a file: give a directory for the shards and index.json")
         return _write_directory(source, Path(out), shard_size=shard_size, progress=progress)
+    try:
+        storage.check_writable(str(out))  # before the images are converted, not after
+    except StorageError as e:
+        raise DataError(f"{setting}: {e}") from None
     with tempfile.TemporaryDirectory(prefix="tgan-shards-") as tmp:
         index = _write_directory(source, Path(tmp), shard_size=shard_size, progress=progress)
         names = [shard.name for split in index.splits.values() for shard in split.shards]
         try:
             storage.remove(storage.join(out, INDEX_NAME))
             storage.upload_tree(Path(tmp), str(out), names + [INDEX_NAME])
+        except StorageError as e:
+            raise DataError(f"{setting}: {e}") from None
         except OSError as e:
-            raise DataError(f"--out {out}: upload failed ({e}); check the URL and the storage credentials "
+            raise DataError(f"{setting} {out}: upload failed ({e}); check the URL and the storage credentials "
                             "(AWS_* environment variables for s3://)") from e
     log.info("%s: %d shard(s) uploaded", out, len(names))
     return index_from_dict(index.to_dict(), out)

@@ -140,8 +140,13 @@ class _InceptionFeatures(nn.Module):
         if not isinstance(state, dict) or "fc.weight" not in state:
             raise ConfigError(f"eval.inception_weights={weights!r} is not torch-fidelity's Inception state dict: {hint}")
         from torchmetrics.image.fid import NoTrainInceptionV3
-        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                      feature_extractor_weights_path=str(path))
+        try:
+            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                          feature_extractor_weights_path=str(path))
+        except RuntimeError as e:  # load_state_dict: missing, unexpected or misshapen tensors
+            first = str(e).strip().splitlines()[-1].strip()[:200]
+            raise ConfigError(f"eval.inception_weights={weights!r} is not torch-fidelity's Inception state dict "
+                              f"({first}): {hint}") from e
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -134,18 +134,6 @@ def find_checkpoint(path: str | Path) -> Path | None:
     return latest_checkpoint(path) or best_checkpoint(path)
 
 
-def baseline_checkpoint(cfg: Config) -> Path | None:
-    """The checkpoint eval.baseline names (None when unset). Checked before training starts, so that a
-    run never learns at its last line that its comparison row cannot be made."""
-    if not cfg.eval.baseline:
-        return None
-    found = find_checkpoint(cfg.eval.baseline)
-    if found is None:
-        raise ConfigError(f"eval.baseline={cfg.eval.baseline!r} holds no checkpoint: train that run first (its "
-                          "recipe's train.out_dir, e.g. launch/recipes/digits_triplet.yaml) or set eval.baseline=''")
-    return found
-
-
 def rng_state() -> dict[str, Any]:
     """This process's RNG states as tensors and plain data (numpy's key array becomes a tensor)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()

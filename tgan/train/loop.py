@@ -364,6 +364,9 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
             progress.close()
             runinfo.record_phase(out, "training", time.monotonic() - t_train, steps=[start, done],
                                  world_size=world, device=str(device), completed=done >= cfg.train.steps)
+    if last_ckpt is None:  # every save was refused (non-finite weights): nothing of this run may be used
+        raise NonFiniteError(f"no checkpoint written in {done} steps: the weights held non-finite values at every "
+                             "checkpoint (see the lines above); lower optim.lr or set optim.grad_clip and start again")
     return TrainResult(step=done, scalars=scalars, checkpoint=last_ckpt, nets=evaluated)
 
 

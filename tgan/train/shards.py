@@ -19,19 +19,25 @@ DIGITS_SHARD_SIZE = 200
 
 
 def ensure_shards(data_cfg: DataConfig) -> str:
-    """data.shards (a directory or URL prefix) once it holds an index.json."""
+    """data.shards (a directory or URL prefix) once it holds an index.json. A store that cannot be
+    reached, or a bucket that does not exist, is refused in one line naming data.shards and the endpoint."""
     shards = data_cfg.shards
     if not storage.is_url(shards) and Path(shards).exists() and not Path(shards).is_dir():
         raise DataError(f"data.shards={str(shards)!r} is a file: give the directory that launch/prepare_data.py "
                         "wrote (it holds index.json)")
-    if not storage.exists(storage.join(shards, INDEX_NAME)):
-        if data_cfg.dataset != "digits":
+    try:
+        present = storage.exists(storage.join(shards, INDEX_NAME))
+    except storage.StorageError as e:
+        raise DataError(f"data.shards: {e}") from None
+    if not present:
+        if data_cfg.dataset != "digits" or storage.read_only(shards):
+            out = "<a directory or bucket that this URL serves>" if storage.read_only(shards) else shards
             raise FileNotFoundError(
                 f"data.shards={str(shards)!r} has no {INDEX_NAME}; make the shards first with: python "
                 f"launch/prepare_data.py --dataset {data_cfg.dataset} --root <directory with its files> "
-                f"--out {shards} --image-size {data_cfg.image_size}")
+                f"--out {out} --image-size {data_cfg.image_size}")
         if dist.rank() == 0:
             source = make_source("digits", None, image_size=data_cfg.image_size)
-            write_shards(source, shards, shard_size=DIGITS_SHARD_SIZE, progress=False)
+            write_shards(source, shards, shard_size=DIGITS_SHARD_SIZE, progress=False, setting="data.shards")
     dist.barrier()
     return shards
