@@ -388,7 +388,8 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
             progress.close()
             runinfo.record_phase(out, "training", time.monotonic() - t_train, steps=[start, done],
                                  world_size=world, device=str(device), completed=done >= cfg.train.steps)
-    return TrainResult(step=done, scalars=scalars, checkpoint=last_ckpt, nets=evaluated, interrupted=stopping)
+    return TrainResult(step=done, scalars=scalars, checkpoint=last_ckpt, nets=evaluated,
+                       interrupted=stopping and done < cfg.train.steps)
 
 
 def _train_step(cfg: Config, step: int, streams, device: torch.device, run_phase: PhaseRunner,
