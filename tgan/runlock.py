@@ -38,7 +38,7 @@ POLL_S = 0.2
 
 
 class LockError(RuntimeError):
-    """The directory is in use by another process (named in the message)."""
+    """The directory is in use by another process (named in the message), or cannot be made."""
 
 
 def _record() -> dict:
@@ -87,7 +87,11 @@ def hold(location: str | Path, what: str, *, wait: bool = False,
         yield  # not a directory: the caller's own check refuses it with the right words
         return
     created = not directory.exists()
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file on the way, no permission, a full disk
+        raise LockError(f"{what}={str(location)!r} cannot be created ({e.strerror or e}: {e.filename or location}); "
+                        f"choose another {what}") from e
     try:
         with _hold_file(directory / LOCK_NAME, what, location, wait, report):
             yield

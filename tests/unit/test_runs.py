@@ -115,21 +115,21 @@ def test_a_rerun_after_an_attempt_that_died_before_its_first_checkpoint_archives
     """Finding 4: the rerun appended to the dead attempt's metrics.jsonl and kept its start in run.json."""
     out = tmp_path / "run"
 
-    def dies_at_step_3(step, scalars, saved):
-        if step == 3:
+    def dies_at_step_2(step, scalars, saved):
+        if step == 2:
             raise RuntimeError("the machine went away")
 
     with pytest.raises(RuntimeError, match="went away"):
-        train(debug_cfg(debug_shards, out, "train.checkpoint_every=0"), reporter=dies_at_step_3)
+        train(debug_cfg(debug_shards, out, "train.checkpoint_every=0"), reporter=dies_at_step_2)
     dead = json.loads((out / "run.json").read_text())
-    assert steps_of(out) == [1, 2, 3] and not ckpt.list_checkpoints(out)
+    assert steps_of(out) == [1, 2] and not ckpt.list_checkpoints(out)
     time.sleep(1.1)  # run.json's start has a resolution of a second
     capsys.readouterr()
-    train(debug_cfg(debug_shards, out, "train.steps=2"))
+    train(debug_cfg(debug_shards, out, "train.steps=1"))
     [line] = [ln for ln in capsys.readouterr().out.splitlines() if "ended before its first checkpoint" in ln]
     [archive] = (out / "abandoned").iterdir()
     assert f"metrics.jsonl and run.json moved to {archive}" in line
-    assert steps_of(out) == [1, 2] and steps_of(archive) == [1, 2, 3]
+    assert steps_of(out) == [1] and steps_of(archive) == [1, 2]
     assert json.loads((archive / "run.json").read_text()) == dead
     assert json.loads((out / "run.json").read_text())["started_unix"] > dead["started_unix"]
 
@@ -138,31 +138,31 @@ def test_a_resume_with_another_best_metric_starts_a_new_best_and_says_so(debug_s
     """Finding 3: best.json's metric was never checked, so val/fid was compared with a stored val/map."""
     out = tmp_path / "run"
     val = ["data.validation_size=100", "eval.gallery_size=300", "eval.every=2", "train.checkpoint_every=0"]
-    train(debug_cfg(debug_shards, out, *val, "eval.best_metric=val/map"))
+    train(debug_cfg(debug_shards, out, *val, "eval.best_metric=val/map", "train.steps=2"))
     before = ckpt.read_best(out)
     assert before["metric"] == "val/map" and before["mode"] == "max"
     capsys.readouterr()
-    train(debug_cfg(debug_shards, out, *val, "eval.best_metric=val/knn1", "train.steps=6"))
+    train(debug_cfg(debug_shards, out, *val, "eval.best_metric=val/knn1", "train.steps=3"))
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "eval.best_metric changed" in ln]
     assert lines == [f"eval.best_metric changed from val/map to val/knn1: a new best starts (the next validation "
                      f"replaces step {before['step']}'s best checkpoint)"]
     after = ckpt.read_best(out)
-    # The first validation after the change (step 6) is the new best, whatever val/map's stored value.
-    assert after["metric"] == "val/knn1" and after["step"] == 6 and after["mode"] == "max"
+    # The first validation after the change (step 3) is the new best, whatever val/map's stored value.
+    assert after["metric"] == "val/knn1" and after["step"] == 3 and after["mode"] == "max"
 
 
 def test_a_run_already_past_train_steps_says_so_and_keeps_its_recorded_settings(debug_shards, tmp_path, capsys):
     """Finding 11: train.steps=2 on a run at step 4 said `done: 4 steps ... last {}` and recorded steps 4 -> 2."""
     out = tmp_path / "run"
-    train(debug_cfg(debug_shards, out))
+    train(debug_cfg(debug_shards, out, "train.steps=2"))
     config, history = (out / "config.yaml").read_text(), (out / "config_history.jsonl").read_text()
     capsys.readouterr()
-    result = train(debug_cfg(debug_shards, out, "train.steps=2"))
-    assert result.step == 4
-    assert (f"train.steps=2: the run in {out} is already at step 4, so nothing is trained (raise train.steps to "
+    result = train(debug_cfg(debug_shards, out, "train.steps=1"))
+    assert result.step == 2
+    assert (f"train.steps=1: the run in {out} is already at step 2, so nothing is trained (raise train.steps to "
             "continue it)") in capsys.readouterr().out.splitlines()
     assert (out / "config.yaml").read_text() == config and (out / "config_history.jsonl").read_text() == history
-    assert steps_of(out) == [1, 2, 3, 4]
+    assert steps_of(out) == [1, 2]
 
 
 def test_live_fid_samples_above_the_validation_set_says_what_it_uses(debug_shards, tmp_path, capfd):
