@@ -18,6 +18,24 @@ def run_train(config: str, overrides: list[str], *, dry_run: bool = False, resum
     cfg = resolve_config(config, overrides, dry_run=dry_run)
     if isinstance(cfg, int):
         return cfg
+    return train_on_ray(cfg, resume=resume, verbose=verbose)
+
+
+def train_on_ray(cfg, *, resume: bool, verbose: bool) -> int:
+    """The driver's whole run (checks, Ray Train fit, evaluation) holding train.out_dir's lock
+    (tgan.runlock; cluster.trainer.run also locks an object-storage run directory); the exit status."""
+    from tgan import runlock
+
+    out = Path(cfg.train.out_dir).resolve()
+    try:
+        with runlock.hold(out, "train.out_dir"):  # before Ray is imported: a refusal comes at once
+            return _train_on_ray(cfg, out, resume, verbose)
+    except runlock.LockError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _train_on_ray(cfg, out: Path, resume: bool, verbose: bool) -> int:
     # Imported here so that --dry-run and config errors start no Ray.
     from cluster.ray_env import ClusterError
     from cluster.trainer import evaluate_checkpoint, run
@@ -25,15 +43,14 @@ def run_train(config: str, overrides: list[str], *, dry_run: bool = False, resum
     from tgan.evaluate import evaluated_files, report_text
     from tgan.train.loop import USER_ERRORS
 
+    eval_dir = out / "eval"
     try:
         result = run(cfg, resume=resume, verbose=verbose)
+        table = evaluate_checkpoint(result.checkpoint, eval_dir)
+        summary = runinfo.record_phase(out, "evaluation", table["seconds"])
     except (ClusterError, *USER_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    out = Path(cfg.train.out_dir).resolve()
-    eval_dir = out / "eval"
-    table = evaluate_checkpoint(result.checkpoint, eval_dir)
-    summary = runinfo.record_phase(out, "evaluation", table["seconds"])
     print(f"done: {result.step} steps")
     print(f"checkpoints: {result.run_dir} (last: {Path(result.checkpoint.path).name})")
     print(f"metrics: {out / 'metrics.jsonl'}; times and machine: {out / runinfo.RUN_JSON}")

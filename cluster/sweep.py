@@ -251,11 +251,14 @@ def prepare(base: Config, spec: SweepSpec, *, resume: bool) -> Config:
 
 
 def sweep(base: Config, spec: SweepSpec, *, resume: bool = False):
-    """Run the sweep (or finish an interrupted one); returns the ResultGrid and the base config used."""
+    """Run the sweep (or finish an interrupted one) holding the sweep directory's lock (tgan.runlock:
+    a second sweep or run into it is refused); returns the ResultGrid and the base config used."""
     from cluster import ray_env
+    from tgan import runlock
 
     base = prepare(base, spec, resume=resume)
-    ray_env.connect()  # a local Ray with the dashboard (see connect)
-    ray_env.ensure_resources(base.cluster, groups=spec.max_concurrent or 1)
-    return tuner(base, spec, resume=resume).fit(), base
+    with runlock.hold(base.train.out_dir, "train.out_dir"):
+        ray_env.connect()  # a local Ray with the dashboard (see connect)
+        ray_env.ensure_resources(base.cluster, groups=spec.max_concurrent or 1)
+        return tuner(base, spec, resume=resume).fit(), base
 

@@ -33,7 +33,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2.api.exceptions import WorkerGroupError
 
 from cluster import ray_env
-from tgan import runinfo
+from tgan import runinfo, runlock
 from tgan.config import Config, apply_overrides, config_from_dict
 from tgan.train import checkpoint as ckpt
 from tgan.train.backend import Backend, TorchBackend
@@ -217,8 +217,11 @@ def run(cfg: Config, *, resume: bool = False, verbose: bool = False) -> RunResul
     if conn.metrics_url:
         print(f"metrics (Prometheus format): {conn.metrics_url}", flush=True)
     fit_start = time.monotonic()
+    # Drivers on different machines (node-local out_dirs) may share the storage: one run at a time there too.
+    shared = runlock.hold(run_dir, "cluster.storage_path") if "://" in run_dir else contextlib.nullcontext()
     try:
-        result = build_trainer(cfg, storage, verbose=verbose).fit()
+        with shared:
+            result = build_trainer(cfg, storage, verbose=verbose).fit()
     except WorkerGroupError as e:
         raise user_error(e) from e
     finally:

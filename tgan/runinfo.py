@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import socket
+import sys
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -67,9 +68,38 @@ def record_phase(out_dir: str | Path, phase: str, seconds: float, **details) -> 
         {"phase": phase, "seconds": round(seconds, 3), "host": socket.gethostname(),
          "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), **details})
     tmp = out / f".{RUN_JSON}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, out / RUN_JSON)  # a reader never sees half a file
+    try:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, out / RUN_JSON)  # a reader never sees half a file
+    except OSError as e:  # e.g. the disk is full: the run's own error (if any) is what matters
+        tmp.unlink(missing_ok=True)
+        print(f"note: {out / RUN_JSON} not updated with the {phase} phase ({e.strerror or e})", file=sys.stderr,
+              flush=True)
     return summary
+
+
+ABANDONED = "abandoned"
+"""<out_dir>/abandoned/<start>/: the metrics and run info of an attempt that ended before its first
+checkpoint, moved away when the directory's next run starts from step 1 (archive_unfinished)."""
+
+
+def archive_unfinished(out_dir: str | Path) -> Path | None:
+    """A fresh start (no checkpoint to continue) in a directory where an earlier attempt left
+    metrics.jsonl or run.json: move them to <out_dir>/abandoned/<that attempt's start>/ and say so in
+    one line, so that the new run's files begin with it. Returns the archive, or None."""
+    out = Path(out_dir)
+    found = [out / name for name in ("metrics.jsonl", RUN_JSON) if (out / name).is_file()]
+    if not found:
+        return None
+    started = load(out).get("started") or datetime.fromtimestamp(found[0].stat().st_mtime, timezone.utc).isoformat(
+        timespec="seconds")
+    archive = out / ABANDONED / started.replace(":", "")
+    archive.mkdir(parents=True, exist_ok=True)
+    for path in found:
+        os.replace(path, archive / path.name)
+    print(f"{out}: an earlier attempt (started {started}) ended before its first checkpoint; its "
+          f"{' and '.join(p.name for p in found)} moved to {archive}, this run starts at step 1", flush=True)
+    return archive
 
 
 def describe(summary: dict) -> str:

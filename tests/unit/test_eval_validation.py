@@ -61,7 +61,7 @@ def test_the_best_checkpoint_on_validation_is_kept_across_a_restart(debug_shards
     best = json.loads((out / "checkpoints" / "best.json").read_text())
     # The first step with the highest value over both starts: the restart compared against the first
     # start's best, not against nothing. Only steps 3 and 6 are regular checkpoints (the last of each start).
-    assert best == {"step": values.index(max(values)) + 1, "metric": "val/knn1", "value": max(values),
+    assert best == {"step": values.index(max(values)) + 1, "metric": "val/knn1", "mode": "max", "value": max(values),
                     "weights": "trained"}
     assert load_checkpoint(out / "checkpoints" / "best")["step"] == best["step"]
     assert [p.name for p in list_checkpoints(out)] == ["step_00000006"]  # keep_checkpoints ignores best
@@ -101,5 +101,5 @@ def test_live_fid_is_the_offline_generation_metric_of_g_on_the_validation_split(
                      "eval.best_metric=val/fid")
     values = [r["val/fid"] for r in rows]
     best = json.loads((tmp_path / "best_fid" / "checkpoints" / "best.json").read_text())
-    assert best == {"step": values.index(min(values)) + 1, "metric": "val/fid", "value": min(values),
+    assert best == {"step": values.index(min(values)) + 1, "metric": "val/fid", "mode": "min", "value": min(values),
                     "weights": "trained"}

@@ -109,7 +109,7 @@ def test_an_average_switched_on_at_resume_starts_from_the_resumed_weights_and_a_
     resumed = train(cfg_for(debug_shards, tmp_path / "run", "train.steps=3", "train.ema_decay=0.9"))
     # step 3 validates the average: it is not compared with a best scored on the trained weights
     assert {k: v for k, v in json.loads(best.read_text()).items() if k != "value"} == \
-        {"step": 3, "metric": "val/map", "weights": "ema"}
+        {"step": 3, "metric": "val/map", "mode": "max", "weights": "ema"}
     state = ckpt.load_checkpoint(resumed.checkpoint)
     assert state["ema"]["updates"] == 2  # the resumed weights, then step 3
     keep = min(0.9, 3 / 12)

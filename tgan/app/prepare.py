@@ -21,6 +21,10 @@ def run_prepare(dataset: str, out: str, *, root: str | None = None, download: bo
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted (Ctrl-C): the shards completed in {out} are kept; run the same command to "
+              "finish (it checks them and writes the rest)", file=sys.stderr)
+        return 130
     for name, split in index.splits.items():
         print(f"{name}: {split.count} images in {len(split.shards)} shard(s), per class {split.counts_per_class}")
     return 0

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
+from tgan import runlock
 from tgan.data import storage
 from tgan.data.codec import encode_sample, sample_key
 from tgan.data.index import (FORMAT_VERSION, INDEX_NAME, DataError, DatasetIndex, ShardInfo, index_from_dict,
-                             sha256_file, write_json_atomic)
+                             load_index, sha256_file, write_json_atomic)
 from tgan.data.sources import DEFAULT_SHARD_SIZE, Source
 from tgan.data.storage import StorageError
 from tgan.progress import Progress
@@ -68,21 +69,33 @@ def _write_shard(path: Path, source_split, split: str, start: int, stop: int, nu
 
 
 def write_shards(source: Source, out: str | Path, *, shard_size: int = DEFAULT_SHARD_SIZE,
-                 progress: bool = True, setting: str = "--out") -> DatasetIndex:
+                 progress: bool = True, reuse_complete: bool = False, setting: str = "--out") -> DatasetIndex:
     """Write `<out>/{train,test}-NNNNNN.tar` and `<out>/index.json` (a directory or URL); returns the index.
-    `setting`: what the user called `out` (--out, or data.shards when the trainer prepares digits), for errors."""
+    `setting`: what the user called `out` (--out, or data.shards when the trainer prepares digits), for errors.
+
+    One process at a time per `out` (tgan.runlock): a second one waits until the first is done,
+    then checks its shards as any rerun does or, with `reuse_complete`, uses a complete set as it is
+    (two trainers that found the same shard directory missing at once)."""
     if shard_size < 1:
         raise DataError(f"--shard-size {shard_size} is invalid: expected an integer >= 1")
     if not str(out).strip():  # Path("") is the current directory
         raise DataError("--out is empty: give the directory to write the shards and index.json into")
-    if not storage.is_url(out):
-        if Path(out).exists() and not Path(out).is_dir():
-            raise DataError(f"--out {out} is a file: give a directory for the shards and index.json")
-        return _write_directory(source, Path(out), shard_size=shard_size, progress=progress)
-    try:
-        storage.check_writable(str(out))  # before the images are converted, not after
-    except StorageError as e:
-        raise DataError(f"{setting}: {e}") from None
+    if not storage.is_url(out) and Path(out).exists() and not Path(out).is_dir():
+        raise DataError(f"--out {out} is a file: give a directory for the shards and index.json")
+    if storage.is_url(out):
+        try:
+            storage.check_writable(str(out))  # before the images are converted, not after
+        except StorageError as e:
+            raise DataError(f"{setting}: {e}") from None
+    with runlock.hold(out, "shards", wait=True):
+        if reuse_complete and storage.exists(storage.join(out, INDEX_NAME)):
+            return load_index(out)
+        if not storage.is_url(out):
+            return _write_directory(source, Path(out), shard_size=shard_size, progress=progress)
+        return _write_and_upload(source, str(out), shard_size=shard_size, progress=progress, setting=setting)
+
+
+def _write_and_upload(source: Source, out: str, *, shard_size: int, progress: bool, setting: str) -> DatasetIndex:
     with tempfile.TemporaryDirectory(prefix="tgan-shards-") as tmp:
         index = _write_directory(source, Path(tmp), shard_size=shard_size, progress=progress)
         names = [shard.name for split in index.splits.values() for shard in split.shards]

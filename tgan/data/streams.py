@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -52,6 +53,11 @@ from tgan.dist import rank_seed
 
 log = logging.getLogger("tgan.data")
 
+
+def _ignore_interrupt(worker_id: int) -> None:
+    """A terminal's Ctrl-C reaches the loader workers too: the training process decides what it means
+    (finish the step and checkpoint, tgan/app/train.py), so a worker must not die of it meanwhile."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 class MemoryStream:
     """Endless batches `(x, y)` gathered from uint8 images [N, C, H, W] held on their device (the labelled
@@ -123,7 +129,8 @@ class UnlabelledStream:
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._it is None:
             loader = DataLoader(self.make_dataset(start_batch=self.position), batch_size=None,
-                                num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+                                num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                                worker_init_fn=_ignore_interrupt)
             self._it = iter(loader)
         item = next(self._it)
         if isinstance(item, DataError):  # a shard refused inside a loader worker (see reader.py)

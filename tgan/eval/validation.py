@@ -13,6 +13,7 @@ the loop's reporter hands the same dict to Tune and Prometheus on every rank.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
@@ -68,6 +69,10 @@ class LiveValidation:
             self.gallery_x = to_float(self.gallery.images).to(device)
             if cfg.eval.live_fid_samples:
                 dataset_classifier(cfg)  # trained (or read from its cache) now, not inside a training step's timing
+            if cfg.eval.live_fid_samples > len(self.query_x):  # generation_metrics compares sets of equal size
+                print(f"eval.live_fid_samples={cfg.eval.live_fid_samples} is more than the {len(self.query_x)} "
+                      f"validation images: live FID/KID use {len(self.query_x)} samples (data.validation_size sets "
+                      "how many)", file=sys.stderr, flush=True)
 
     def due(self, step: int, last: bool) -> bool:
         return step % self.cfg.eval.every == 0 or last

@@ -29,6 +29,7 @@ truncated, damaged, replaced or added file are refused, naming the file.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import pickle
@@ -36,7 +37,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -90,8 +91,9 @@ BEST = "best"
 
 
 def read_best(out_dir: str | Path) -> dict[str, Any] | None:
-    """{"step", "metric", "value", "weights"} of the run's best checkpoint ("weights": "ema" when the
-    moving average was scored, else "trained"; absent in runs before train.ema_decay), or None."""
+    """{"step", "metric", "mode", "value", "weights"} of the run's best checkpoint ("mode": "min" or
+    "max", how `metric` compares; "weights": "ema" when the moving average was scored, else "trained";
+    absent in runs before train.ema_decay), or None."""
     file = checkpoint_dir(out_dir) / f"{BEST}.json"
     if not file.is_file() or not (checkpoint_dir(out_dir) / BEST).is_dir():
         return None
@@ -259,8 +261,9 @@ def save_checkpoint(out_dir: str | Path, step: int, *, state: dict[str, Any], ra
     if rank_dir is not None:
         final = Path(rank_dir) / f"{PREFIX}{step:08d}"
         shutil.rmtree(final, ignore_errors=True)  # left over from a run restarted before this step
-        final.mkdir(parents=True)
-        _write_rank_files(final, step, state, rank_state, backend)
+        with _removed_on_failure(final, step):
+            final.mkdir(parents=True)
+            _write_rank_files(final, step, state, rank_state, backend)
         return final
     root = checkpoint_dir(out_dir)
     final = root / f"{PREFIX}{step:08d}"
@@ -268,11 +271,13 @@ def save_checkpoint(out_dir: str | Path, step: int, *, state: dict[str, Any], ra
     rank = dist.rank()
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        with _removed_on_failure(tmp, step):
+            tmp.mkdir(parents=True)
     dist.barrier()
     own = tmp / f".rank_{rank}"
-    own.mkdir(parents=True)
-    _write_rank_files(own, step, state, rank_state, backend)
+    with _removed_on_failure(tmp, step):
+        own.mkdir(parents=True)
+        _write_rank_files(own, step, state, rank_state, backend)
     dist.barrier()
     if rank == 0:
         for r in range(dist.world_size()):
@@ -286,14 +291,47 @@ def save_checkpoint(out_dir: str | Path, step: int, *, state: dict[str, Any], ra
     return final
 
 
+@contextlib.contextmanager
+def _removed_on_failure(directory: Path, step: int) -> Iterator[None]:
+    """A write into `directory` that fails (a full disk, above all) removes the half-written
+    directory, which would keep the disk full, and becomes one CheckpointError naming the file and
+    the cause. DeepSpeed's writer reports a failed write as a bare RuntimeError: with under 1 MiB
+    free, it is taken for a full disk too."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        shutil.rmtree(directory, ignore_errors=True)
+        if isinstance(e, OSError):
+            why = f"{e.strerror or e} writing {e.filename or directory}"
+        elif shutil.disk_usage(directory.parent).free < 1 << 20:
+            why = f"no space left on device under {directory.parent} ({str(e).strip().splitlines()[0]})"
+        else:
+            raise
+        raise CheckpointError(f"checkpoint of step {step} not written: {why}; {directory} removed, the earlier "
+                              "checkpoints are intact: free space and run the same command to continue from "
+                              "the newest") from e
+
+
+def _save(obj: Any, path: Path) -> None:
+    """torch.save, a failed write as the OSError that caused it, naming `path` (torch.save raises a
+    RuntimeError of its own, whose context holds the OSError when it writes to a Python file)."""
+    try:
+        with path.open("wb") as f:
+            torch.save(obj, f)
+    except RuntimeError as e:
+        if isinstance(e.__context__, OSError):
+            raise OSError(e.__context__.errno, e.__context__.strerror, str(path)) from e
+        raise
+
+
 def _write_rank_files(directory: Path, step: int, state: dict[str, Any], rank_state: dict[str, Any],
                       backend: Any) -> None:
     """This rank's files of a checkpoint (rank_<r>.pt, the backend's, on rank 0 state.pt) and its manifest."""
     rank, world = dist.rank(), dist.world_size()
-    torch.save(rank_state, directory / f"rank_{rank}.pt")
+    _save(rank_state, directory / f"rank_{rank}.pt")
     backend.save(directory)
     if rank == 0:
-        torch.save({**state, "step": step, "world_size": world}, directory / "state.pt")
+        _save({**state, "step": step, "world_size": world}, directory / "state.pt")
     write_manifest(directory, rank=rank, world_size=world, step=step)
 
 

@@ -14,6 +14,7 @@ import math
 import os
 import random
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from tgan.families import get_family
 from tgan.families.base import Group, build_networks
 from tgan.losses.base import Batch, to_floats
 from tgan.progress import Progress
+from tgan.runlock import LockError
 from tgan.train import checkpoint as ckpt
 from tgan.train import resume as resume_lib
 from tgan.train.backend import Backend, TorchBackend
@@ -48,7 +50,7 @@ class NonFiniteError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient norm."""
 
 
-USER_ERRORS = (ConfigError, DataError, FileNotFoundError, NonFiniteError, CheckpointError)
+USER_ERRORS = (ConfigError, DataError, FileNotFoundError, NonFiniteError, CheckpointError, LockError)
 """What train() raises about the user's settings or data: the message says what to change, so the
 command lines print it as one line (cluster/ also unwraps it from Ray's worker errors)."""
 
@@ -64,6 +66,8 @@ class TrainResult:
     """The last checkpoint written or resumed from."""
     nets: dict[str, nn.Module]
     """The networks to evaluate: the raw trained ones, or their average with train.ema_decay."""
+    interrupted: bool = False
+    """Stopped early because `stop` was set (Ctrl-C), after writing a checkpoint."""
 
 
 def seed_everything(seed: int) -> None:
@@ -154,14 +158,20 @@ def _out_of_time(deadline: float | None, device: torch.device) -> bool:
     return deadline is not None and _rank0_says(time.monotonic() >= deadline, device)
 
 
+def _stop_asked(stop: threading.Event | None, device: torch.device) -> bool:
+    """Whether `stop` is set (Ctrl-C), by rank 0's, so that every rank stops at the same step."""
+    return stop is not None and _rank0_says(stop.is_set(), device)
+
+
 def _improves_best(out: Path, metric: str, scalars: dict[str, float], weights: str, device: torch.device) -> bool:
     """Whether this validation beats the run's best checkpoint (rank 0 reads best.json; a PBT or
     failure restart keeps the run directory's best, whichever weights it continues from). A best
-    scored on the other `weights` ("ema" or "trained": train.ema_decay switched at a resume) does not count."""
+    scored on another metric (eval.best_metric changed at a resume) or on the other `weights` ("ema"
+    or "trained": train.ema_decay switched) does not count."""
     if dist.rank() != 0:
         return _rank0_says(False, device)
     best = ckpt.read_best(out)
-    if best is not None and best.get("weights", "trained") != weights:
+    if best is not None and (best.get("weights", "trained") != weights or best["metric"] != metric):
         best = None
     value = scalars[metric]
     better = (lambda a, b: a < b) if metric in LOWER_IS_BETTER else (lambda a, b: a > b)
@@ -206,7 +216,7 @@ def _metrics_line(step: int, scalars: dict[str, float]) -> str:
 
 def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | None = None,
           resume_from: str | Path | Iterable[Path] | None = None,
-          rank_dir: str | Path | None = None) -> TrainResult:
+          rank_dir: str | Path | None = None, stop: threading.Event | None = None) -> TrainResult:
     """Train `cfg` on this rank; returns when train.steps steps are done (or train.time_limit_s is up).
 
     Starts fresh, or continues the run in train.out_dir (see tgan.train.resume: what may change on
@@ -217,7 +227,8 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
     progress (tgan.progress) and records the phases' times in <out_dir>/run.json (tgan.runinfo).
     Checkpoints go to <out_dir>/checkpoints, written by the ranks together, or with `rank_dir` each
     rank's own files into that directory of its own, for the reporter to hand on (Ray Train merges
-    them; see checkpoint.save_checkpoint).
+    them; see checkpoint.save_checkpoint). Once `stop` is set (a Ctrl-C handler) the step under way
+    is finished, a checkpoint written and the result says `interrupted`.
     """
     rank, world = dist.rank(), dist.world_size()
     device = dist.resolve_device(cfg.train.device)
@@ -250,10 +261,20 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
             net.load_state_dict(resumed.state["nets"][name])
         start, counters, last_ckpt = resumed.step, resumed.state["counters"], resumed.path
         history = resumed.history()
+    noop = resumed is not None and start >= cfg.train.steps
     if rank == 0:  # only now that the data, the settings and the checkpoint have been accepted
         out.mkdir(parents=True, exist_ok=True)
-        dump_yaml(cfg, out / "config.yaml")
-        resume_lib.write_history(out, history)
+        if noop:  # the run's recorded settings stay those it was trained with
+            print(f"train.steps={cfg.train.steps}: the run in {out} is already at step {start}, so nothing is "
+                  "trained (raise train.steps to continue it)", flush=True)
+        else:
+            if resumed is None:
+                runinfo.archive_unfinished(out)
+            dump_yaml(cfg, out / "config.yaml")
+            resume_lib.write_history(out, history)
+        if cfg.eval.every and (best := ckpt.read_best(out)) is not None and best["metric"] != cfg.eval.best_metric:
+            print(f"eval.best_metric changed from {best['metric']} to {cfg.eval.best_metric}: a new best starts "
+                  f"(the next validation replaces step {best['step']}'s best checkpoint)", flush=True)
         # Recorded only now, so a refused start leaves no run.json: making the shards, their checks
         # and the labelled scan of build_streams, and building the networks.
         runinfo.record_phase(out, "data_prep", time.monotonic() - t_prep)
@@ -278,7 +299,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
         backend.apply_optim(cfg.optim)  # load restored the saved learning rates and betas
         streams.load_state_dict(resumed.rank_state["data"])
         ckpt.set_rng_state(resumed.rank_state["rng"])
-        if rank == 0:
+        if rank == 0 and not noop:
             _trim_metrics(out / "metrics.jsonl", start)
             changed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in resumed.changes.items())
             print(f"resumed from {resumed.path} at step {start}" + (f"; from step {start + 1}: {changed}"
@@ -288,7 +309,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
     validation = LiveValidation(cfg, family, streams, device) if cfg.eval.every else None
     scalars: dict[str, float] = {}
     shown: dict[str, float] = {}
-    done = start
+    done, stopping = start, False
     t_train = time.monotonic()
     deadline = t_train + cfg.train.time_limit_s if cfg.train.time_limit_s > 0 else None
     progress = (Progress(cfg.train.steps, desc="train", initial=start, images_per_unit=cfg.data.batch_size * world)
@@ -301,7 +322,8 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
             if ema is not None:
                 ema.update(trained)
             done = step
-            last = step == cfg.train.steps or _out_of_time(deadline, device)
+            stopping = _stop_asked(stop, device)
+            last = step == cfg.train.steps or stopping or _out_of_time(deadline, device)
             every = cfg.train.checkpoint_every
             is_val = validation is not None and validation.due(step, last)
             is_log = step % cfg.train.log_every == 0 or last or give_up or is_val
@@ -333,8 +355,10 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
                                **({"ema": ema.state_dict()} if ema is not None else {})},
                         rank_state={"rng": ckpt.rng_state(), "data": streams.state_dict()})
                     if improved and rank == 0:
-                        ckpt.keep_best(out, saved_path, {"step": step, "metric": cfg.eval.best_metric,
-                                                         "weights": weights, "value": scalars[cfg.eval.best_metric]})
+                        metric = cfg.eval.best_metric
+                        ckpt.keep_best(out, saved_path, {"step": step, "metric": metric, "weights": weights,
+                                                         "mode": "min" if metric in LOWER_IS_BETTER else "max",
+                                                         "value": scalars[metric]})
                 elif rank == 0 or bad is not None:
                     print(f"step {step}: checkpoint not written: the weights hold non-finite values "
                           f"({bad or 'on another rank'}); the last finite checkpoint is {last_ckpt}",
@@ -354,7 +378,7 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
                     f"gradient norm and were skipped (train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); "
                     f"last scalars {scalars}: lower optim.lr or set optim.grad_clip; {where}")
             if last and step < cfg.train.steps:
-                if rank == 0:
+                if rank == 0 and not stopping:
                     print(f"train.time_limit_s={cfg.train.time_limit_s:g} reached: stopped at step {step} "
                           f"of {cfg.train.steps}", flush=True)
                 break
@@ -367,7 +391,8 @@ def train(cfg: Config, *, backend: Backend | None = None, reporter: Reporter | N
     if last_ckpt is None:  # every save was refused (non-finite weights): nothing of this run may be used
         raise NonFiniteError(f"no checkpoint written in {done} steps: the weights held non-finite values at every "
                              "checkpoint (see the lines above); lower optim.lr or set optim.grad_clip and start again")
-    return TrainResult(step=done, scalars=scalars, checkpoint=last_ckpt, nets=evaluated)
+    return TrainResult(step=done, scalars=scalars, checkpoint=last_ckpt, nets=evaluated,
+                       interrupted=stopping and done < cfg.train.steps)
 
 
 def _train_step(cfg: Config, step: int, streams, device: torch.device, run_phase: PhaseRunner,

@@ -1,7 +1,8 @@
 """Make sure the shards a run reads exist before any rank opens them.
 
 The offline "digits" set needs no download, so a missing digits shard directory is prepared here
-(by rank 0 while the others wait); any other missing data set fails with the command that makes it.
+(by rank 0 while the others wait, and by one run at a time: see
+write_shards); any other missing data set fails with the command that makes it.
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ def ensure_shards(data_cfg: DataConfig) -> str:
                 f"--out {out} --image-size {data_cfg.image_size}")
         if dist.rank() == 0:
             source = make_source("digits", None, image_size=data_cfg.image_size)
-            write_shards(source, shards, shard_size=DIGITS_SHARD_SIZE, progress=False, setting="data.shards")
+            # reuse_complete: another run that found the directory missing too may have made it meanwhile.
+            write_shards(source, shards, shard_size=DIGITS_SHARD_SIZE, progress=False, reuse_complete=True,
+                         setting="data.shards")
     dist.barrier()
     return shards
