@@ -83,6 +83,13 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
+def global_sum(x: torch.Tensor) -> torch.Tensor:
+    """x summed over every rank (x itself with no process group). Its backward sums every rank's
+    gradient, so a loss computed identically on every rank from it gives rank r W times its rows'
+    single-process gradient, which DDP's average turns back into the exact one (the factor above)."""
+    return _AllReduceSum.apply(x) if is_dist() else x
+
+
 def gather_rows(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(global embeddings, global labels): every rank's rows, in rank order.
 
@@ -159,8 +166,10 @@ def _mining_need(cfg: Config) -> tuple[int, int, int]:
     rows = cfg.cluster.num_workers * per_rank
     on_gpu = cfg.cluster.use_gpu or cfg.train.device.startswith("cuda") or (
         cfg.train.device == "auto" and torch.cuda.is_available())
-    # E(x) is latent_dim wide
-    return rows, per_rank, mining_memory_bytes(rows, per_rank, cfg.model.latent_dim, cfg.loss.miner, on_gpu)
+    from tgan.families import get_family
+
+    dim = getattr(cfg.model, get_family(cfg.model.family).embedding_size)
+    return rows, per_rank, mining_memory_bytes(rows, per_rank, dim, cfg.loss.miner, on_gpu)
 
 
 def mining_summary(cfg: Config) -> str | None:
