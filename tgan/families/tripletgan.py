@@ -16,11 +16,13 @@ from tgan.models.regularisers import regularisers
 
 
 def networks(m, channels: int, image_size: int, num_classes: int) -> dict[str, nn.Module]:
+    """D first: under one seed it starts from the weights of the triplet family's E of the same
+    architecture and size (the fair baseline: the same network, no GAN)."""
     if m.arch == "mlp":
-        return {"G": MLPGenerator(m.latent_dim, channels, image_size),
-                "D": MLPEmbedder(channels, image_size, m.embedding_dim, regularisers(m))}
-    return {"G": Generator(m.latent_dim, channels, image_size, m.width),
-            "D": MetricDiscriminator(channels, image_size, m.width, m.embedding_dim, reg=regularisers(m))}
+        d = MLPEmbedder(channels, image_size, m.embedding_dim, regularisers(m))
+        return {"D": d, "G": MLPGenerator(m.latent_dim, channels, image_size)}
+    d = MetricDiscriminator(channels, image_size, m.width, m.embedding_dim, reg=regularisers(m))
+    return {"D": d, "G": Generator(m.latent_dim, channels, image_size, m.width)}
 
 
 def features(nets, x):

@@ -61,9 +61,10 @@ def input_noise(reg: Regularisers) -> nn.Module:
 
 
 def after_hidden(reg: Regularisers) -> list[nn.Module]:
-    """What follows every hidden layer's activation."""
-    return [m for m, on in ((GaussianNoise(reg.hidden_noise), reg.hidden_noise > 0),
-                            (nn.Dropout(reg.dropout), reg.dropout > 0)) if on]
+    """What follows every hidden layer's activation: present when off too (sigma 0, p 0 draw no random
+    number), so the weights' names do not depend on the regularisers and any checkpoint loads into
+    the same architecture with them changed."""
+    return [GaussianNoise(reg.hidden_noise), nn.Dropout(reg.dropout)]
 
 
 class WeightNormed(nn.Module):
