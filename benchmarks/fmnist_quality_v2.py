@@ -75,10 +75,11 @@ def evaluate(args, family: str, labels: int, seed: int, data) -> None:
     cfg, nets = load_networks(out / "checkpoints" / "best")
     fam = get_family(family)
     feats = [fam.features(nets, x)[ROW[family]] for x in (data[0], data[2])]
-    result = {"best": json.loads((out / "checkpoints" / "best.json").read_text()), **scores(feats[0], data[1], feats[1], data[3])}
+    result = {"best": json.loads((out / "checkpoints" / "best.json").read_text()),
+              **scores(feats[0], data[1], feats[1], data[3])}
     (out / "test.json").write_text(json.dumps(result) + "\n")
     baselines = Path(args.out) / "baselines.json"
-    if not baselines.exists():
+    if args.baselines and not baselines.exists():  # raw pixels against 60,000 images: minutes on a busy CPU
         init = build_networks(cfg, channels=1, image_size=28, num_classes=10)
         rand = [fam.features(init, x)[ROW[family]] for x in (data[0], data[2])]
         raw = [x.flatten(1) for x in (data[0], data[2])]
@@ -136,6 +137,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/fmnist_quality_v2")
     p.add_argument("--results", default="benchmarks/results/fmnist_quality_v2.md")
     p.add_argument("--set", action="append", default=[], help="extra overrides for every run")
+    p.add_argument("--baselines", action="store_true", help="also score random init and raw pixels")
     p.add_argument("--report", action="store_true")
     args = p.parse_args()
     if not args.report:
@@ -148,8 +150,10 @@ def main() -> None:
         for labels in args.labels:
             for seed in args.seeds:
                 for family in RECIPES:
-                    if not (run_dir(args, family, labels, seed) / "test.json").exists():
+                    out = run_dir(args, family, labels, seed)
+                    if not (out / "wall.json").exists():  # an interrupted part continues where it stopped
                         train(args, family, labels, seed)
+                    if not (out / "test.json").exists():
                         evaluate(args, family, labels, seed, data)
                         report(args)
     report(args)

@@ -239,7 +239,8 @@ class LossConfig:
         _check(self.g_steps_per_d_step >= 1, "loss.g_steps_per_d_step", self.g_steps_per_d_step, "an integer >= 1")
         _check(self.feature_matching in FEATURE_MATCHING, "loss.feature_matching", self.feature_matching,
                _one_of(FEATURE_MATCHING))
-        _check(self.consistency_weight >= 0, "loss.consistency_weight", self.consistency_weight, "a number >= 0 (0 = off)")
+        _check(self.consistency_weight >= 0, "loss.consistency_weight", self.consistency_weight,
+               "a number >= 0 (0 = off)")
         _check(self.consistency_sigma >= 0, "loss.consistency_sigma", self.consistency_sigma, "a sigma >= 0")
 
 
