@@ -50,6 +50,12 @@ PROBES = ("logreg", "svm")
 
 DATA_MODES = ("stream", "memory")
 """data.mode values: stream the shards through loader workers, or hold the rank's share on the device."""
+ARCHS = ("dcgan", "mlp")
+"""model.arch values: the DCGAN conv nets, or the tripletGAN reference's MLPs (tgan/models/mlp.py)."""
+NORMS = ("batch", "weight")
+"""model.norm values (tgan/models/regularisers.py)."""
+FEATURE_MATCHING = ("output", "hidden")
+"""loss.feature_matching values: tripletgan's G matches the mean of D(x) or of D's last hidden layer."""
 
 INCEPTION_HINT = ("download https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                   "weights-inception-2015-12-05-6726825d.pth (torch-fidelity's FID Inception) once and set "
@@ -161,11 +167,13 @@ class ModelConfig:
     """Which GAN family and how wide its networks are."""
 
     family: str = DEFAULT_FAMILY
-    """One of tgan.families.FAMILIES (a module of tgan/families/ each): bigan, dcgan, mbgan, tribigan, triplet."""
+    """One of tgan.families.FAMILIES (a module of tgan/families/ each): bigan, dcgan, mbgan, tribigan, triplet,
+    tripletgan."""
     latent_dim: int = 100
     """Size of z (100 in both papers)."""
     embedding_dim: int = 500
-    """K: MBGAN's discriminator output size; for tribigan the size of E(x) is latent_dim (triplet acts on E(x))."""
+    """K: the size of MBGAN's and tripletGAN's D(x) (tripletgan's embedding); for tribigan and triplet the
+    size of E(x) is latent_dim (the triplet loss acts on E(x))."""
     width: float = 1.0
     """Channel multiplier of the DCGAN tables (1.0 = the paper's 64..512 channels; 0.25 for CPU runs)."""
     conditional: bool = False
@@ -176,6 +184,18 @@ class ModelConfig:
     refuses CPU tensors, so a multi-rank CPU run with it is refused."""
     channels_last: bool = False
     """Networks in channels_last memory layout (faster convolutions on tensor-core GPUs)."""
+    arch: str = "dcgan"
+    """dcgan (the conv nets of the DCGAN tables) or mlp (the tripletGAN reference's MLPs: tripletgan and
+    triplet only; any image size, meant for 28x28)."""
+    norm: str = "batch"
+    """D's and E's normalisation: batch, or weight (weight norm with the reference's data-dependent init
+    and fixed hidden scale, tgan/models/regularisers.py)."""
+    input_noise: float = 0.0
+    """Sigma of Gaussian noise on D's and E's input in training (in [0, 1]-pixel units; reference 0.3)."""
+    hidden_noise: float = 0.0
+    """Sigma of Gaussian noise after each hidden layer of D and E in training (reference 0.5)."""
+    dropout: float = 0.0
+    """Dropout probability after each hidden layer of D and E in training."""
 
     def __post_init__(self) -> None:
         _check(self.family in FAMILIES, "model.family", self.family, _one_of(FAMILIES))
@@ -183,6 +203,11 @@ class ModelConfig:
         _check(1 <= self.embedding_dim <= MAX_DIM, "model.embedding_dim", self.embedding_dim, f"K in 1..{MAX_DIM}")
         _check(MIN_WIDTH <= self.width <= MAX_WIDTH, "model.width", self.width,
                f"a number in [1/64, {MAX_WIDTH:g}] (below 1/64 a layer would have no channel)")
+        _check(self.arch in ARCHS, "model.arch", self.arch, _one_of(ARCHS))
+        _check(self.norm in NORMS, "model.norm", self.norm, _one_of(NORMS))
+        for name in ("input_noise", "hidden_noise"):
+            _check(getattr(self, name) >= 0, f"model.{name}", getattr(self, name), "a sigma >= 0 (0 = off)")
+        _check(0 <= self.dropout < 1, "model.dropout", self.dropout, "a probability in [0, 1) (0 = off)")
 
 
 @dataclass(kw_only=True)
@@ -208,6 +233,15 @@ class LossConfig:
     """MBGAN: L1 norm of the margin averaged (mean) or summed (sum) over pixels."""
     g_steps_per_d_step: int = 1
     """N of Algorithm 1: generator steps per discriminator step."""
+    feature_matching: str = "output"
+    """tripletgan: G matches the batch mean of D(x) (output, the reference's scripts) or of D's last
+    hidden layer (hidden, Improved-GAN's choice)."""
+    consistency_weight: float = 0.0
+    """tripletgan and tribigan: weight of the consistency term on unlabelled images, the mean squared
+    distance between the embedding of x and of a noised copy (0 = off)."""
+    consistency_sigma: float = 0.15
+    """Sigma of the pixel noise of that copy, in [0, 1]-pixel units (the network's own noise and dropout
+    differ between the two passes too)."""
 
     def __post_init__(self) -> None:
         _check(self.triplet_weight >= 0, "loss.triplet_weight", self.triplet_weight, "a number >= 0")
@@ -218,6 +252,11 @@ class LossConfig:
         _check(self.alpha >= 0, "loss.alpha", self.alpha, "a number >= 0")
         _check(self.l1_reduction in L1_REDUCTIONS, "loss.l1_reduction", self.l1_reduction, _one_of(L1_REDUCTIONS))
         _check(self.g_steps_per_d_step >= 1, "loss.g_steps_per_d_step", self.g_steps_per_d_step, "an integer >= 1")
+        _check(self.feature_matching in FEATURE_MATCHING, "loss.feature_matching", self.feature_matching,
+               _one_of(FEATURE_MATCHING))
+        _check(self.consistency_weight >= 0, "loss.consistency_weight", self.consistency_weight,
+               "a number >= 0 (0 = off)")
+        _check(self.consistency_sigma >= 0, "loss.consistency_sigma", self.consistency_sigma, "a sigma >= 0")
 
 
 @dataclass(kw_only=True)

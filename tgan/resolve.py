@@ -20,12 +20,20 @@ def check(cfg: Config) -> Config:
         raise ConfigError(f"eval.live_fid_samples={cfg.eval.live_fid_samples!r} is invalid: expected 0 unless "
                           f"eval.every > 0 and model.family has a generator ({cfg.model.family} with eval.every="
                           f"{cfg.eval.every})")
+    if cfg.model.arch not in family.archs:
+        raise ConfigError(f"model.arch={cfg.model.arch!r} is invalid: expected {config._one_of(family.archs)} for "
+                          f"model.family={cfg.model.family}")
     family.check(cfg)  # what only the family knows (labels, conditional, ...)
     if family.mines_triplets:
         from tgan.losses.mining import check_mining_memory  # torch, for the miner's own constants
 
-        check_mining_memory(cfg)
+        check_mining_memory(cfg, mining_dim(cfg))
     return cfg
+
+
+def mining_dim(cfg: Config) -> int:
+    """The width of the rows the family mines triplets over (its Family.embedding_size field)."""
+    return getattr(cfg.model, get_family(cfg.model.family).embedding_size)
 
 
 def load_config(path=None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -38,13 +38,13 @@ def _batches(rank):
                   torch.rand(LB, 1, SIDE, SIDE, generator=gen) * 2 - 1, torch.arange(LB) % 3) for _ in range(STEPS)]
 
 
-def _run(backend, rank, out_dir=None, steps=STEPS):
+def _run(backend, rank, out_dir=None, steps=STEPS, model=MODEL):
     """STEPS loop steps (D, then G/E) with the given backend; returns losses and the final weights."""
-    family = get_family("tribigan")
+    family = get_family(model.family)
     torch.manual_seed(0)
-    nets = family.build_networks(MODEL, channels=1, image_size=SIDE, num_classes=3)
+    nets = family.build_networks(model, channels=1, image_size=SIDE, num_classes=3)
     backend.setup(nets, family.groups_in_order, OPTIM, torch.device("cpu"))
-    run = PhaseRunner(backend, family.make_loss(LossConfig(), MODEL, 3), list(nets))
+    run = PhaseRunner(backend, family.make_loss(LossConfig(), model, 3), list(nets))
     torch.manual_seed(1 + rank)
     losses = []
     for batch in _batches(rank)[:steps]:
@@ -189,3 +189,35 @@ def test_half_precision_hooks_cast_batchnorm_statistics_like_the_weights():
     x = torch.randn(2, 3, 5, 5, requires_grad=True)
     net(x).sum().backward()  # without the buffers' cast: "expected scalar type BFloat16 but found Float"
     assert net[1].running_mean.dtype == torch.bfloat16 and x.grad.dtype == torch.float32
+
+
+WEIGHT_NORMED = ModelConfig(family="tripletgan", arch="mlp", norm="weight", embedding_dim=8, latent_dim=8,
+                            input_noise=0.3, hidden_noise=0.5)
+
+
+def _weight_norm_worker(rank, world, init_file):
+    """Weight norm's data-dependent init lives in buffers, which ZeRO's fp32 master copies of the
+    parameters cannot undo: ZeRO-2 trains the reference's MLP tripletgan as DDP does (step 1 to
+    1e-5, every step to 2%), with the same initialised scales and biases."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        torch_backend = TorchBackend()
+        ref_losses, ref_weights = _run(torch_backend, rank, model=WEIGHT_NORMED)
+        ds = DeepSpeedBackend({"zero_optimization": {"stage": 2}}, batch_size=B)
+        losses, weights = _run(ds, rank, model=WEIGHT_NORMED)
+        head, ref_head = ds.raw("D").head, torch_backend.raw("D").head
+        assert bool(head.initialized) and not torch.equal(head.init_scale, torch.ones(8))
+        assert torch.equal(head.init_scale, ref_head.init_scale) and torch.equal(head.init_bias, ref_head.init_bias)
+        per_step = len(losses) // STEPS
+        torch.testing.assert_close(losses[:per_step], ref_losses[:per_step], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(losses, ref_losses, rtol=TOL, atol=TOL)
+        init_weights = _run(TorchBackend(), rank, steps=0, model=WEIGHT_NORMED)[1]
+        assert (weights - ref_weights).norm() <= 0.1 * (ref_weights - init_weights).norm()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_weight_normed_tripletgan_under_zero_2_matches_ddp(tmp_path):
+    mp.spawn(_weight_norm_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)

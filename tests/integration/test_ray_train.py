@@ -149,10 +149,11 @@ def test_triplets_reported_are_mined_from_the_global_labelled_batch(ddp_run, fir
     assert _rows(ddp_run[1])[0]["triplets"] == expected > one_rank
 
 
-def one_process_step1_triplet_loss(cfg, batches) -> float:
-    """Step 1's triplet term computed in one process on the global labelled batch: E is still at
-    its (seeded, rank-independent) initial weights when the G/E phase of step 1 runs. Each rank's
-    rows go through E separately, as under DDP (BatchNorm uses per-rank batch statistics)."""
+def one_process_step1_triplet_loss(cfg, batches, net="E") -> float:
+    """Step 1's triplet term computed in one process on the global labelled batch: the embedding
+    network `net` is still at its (seeded, rank-independent) initial weights when the phase that
+    mines runs in step 1. Each rank's rows go through it separately, as under DDP (BatchNorm uses
+    per-rank batch statistics)."""
     from tgan.dist import rank_seed
     from tgan.losses.triplet import triplet_loss
     from tgan.families import get_family
@@ -161,7 +162,7 @@ def one_process_step1_triplet_loss(cfg, batches) -> float:
     side = cfg.data.image_size
     nets = get_family(cfg.model.family).build_networks(cfg.model, channels=1, image_size=side, num_classes=10)
     with torch.no_grad():
-        emb = torch.cat([nets["E"](xl) for xl, _ in batches])
+        emb = torch.cat([nets[net](xl) for xl, _ in batches])
     loss, _ = triplet_loss(emb, torch.cat([yl for _, yl in batches]), form=cfg.loss.triplet_form,
                            miner=cfg.loss.miner, margin=cfg.loss.triplet_margin)
     return loss.item()
@@ -219,13 +220,16 @@ def test_one_worker_runs_of_both_backends_repeat_the_one_process_losses(local_ra
                 assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (name, a["step"], key)
 
 
-def test_triplet_family_trains_resumes_and_evaluates_on_two_workers(local_ray, debug_cfg, tmp_path):
-    """tgan/families/triplet.py on 2 DDP workers: only E trains; a run stopped at step 2 and resumed
-    through Ray repeats the uninterrupted run's losses; step 1's loss is the one-process triplet loss
-    of the global labelled batch (cross-rank mining); the last checkpoint evaluates E."""
+@pytest.mark.parametrize("family, net", [("triplet", "E"), ("tripletgan", "D")])
+def test_triplet_families_train_resume_and_evaluate_on_two_workers(local_ray, debug_cfg, tmp_path, family, net):
+    """tgan/families/triplet.py (only E trains) and tripletgan.py (the triplet term on D's outputs, in
+    the D phase) on 2 DDP workers: a run stopped at step 2 and resumed through Ray repeats the
+    uninterrupted run's losses; step 1's triplet loss is the one-process triplet loss of the global
+    labelled batch (cross-rank mining; the network is still at its initial weights when it is
+    computed); the last checkpoint evaluates."""
     from tgan.data.streams import build_streams
 
-    common = ["model.family=triplet", "train.checkpoint_every=2", "cluster.metrics=false"]
+    common = [f"model.family={family}", "model.embedding_dim=8", "train.checkpoint_every=2", "cluster.metrics=false"]
     run(debug_cfg(tmp_path / "full", *common))
     half = tmp_path / "half"
     run(debug_cfg(half, *common, "train.steps=2"))
@@ -233,18 +237,20 @@ def test_triplet_family_trains_resumes_and_evaluates_on_two_workers(local_ray, d
     resumed = run(cfg, resume=True)
     assert resumed.step == 4
     full_rows, half_rows = _rows(tmp_path / "full"), _rows(half)
-    assert [r["step"] for r in half_rows] == [1, 2, 3, 4] and "loss/g" not in half_rows[0]
+    assert [r["step"] for r in half_rows] == [1, 2, 3, 4] and ("loss/g" in half_rows[0]) == (family == "tripletgan")
+    keys = ("loss/triplet", "triplets", f"grad_norm/{net}") + (("loss/unlabelled", "loss/g") if net == "D" else ())
     for a, b in zip(full_rows, half_rows):
-        for key in ("loss/triplet", "triplets", "grad_norm/E"):
+        for key in keys:
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
     batches = []
     for rank in range(2):
         streams = build_streams(cfg.data, rank=rank, world_size=2, seed=cfg.train.seed)
         batches.append(next(streams.labelled))
         streams.close()
-    assert half_rows[0]["loss/triplet"] == pytest.approx(one_process_step1_triplet_loss(cfg, batches), rel=1e-5)
+    expected = one_process_step1_triplet_loss(cfg, batches, net)
+    assert half_rows[0]["loss/triplet"] == pytest.approx(expected, rel=1e-5)
     table = evaluate_checkpoint(resumed.checkpoint, tmp_path / "eval")
-    assert list(table["rows"]) == ["model E", "random-init E", "raw pixels"]
+    assert f"model {net}" in table["rows"] and f"random-init {net}" in table["rows"]
 
 
 def test_two_workers_train_in_memory_mode(local_ray, debug_cfg, tmp_path):

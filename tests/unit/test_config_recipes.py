@@ -40,6 +40,15 @@ def test_fashion_mnist_recipes_are_28x28_and_tribigan_uses_one_percent_of_labels
     assert recipe("fmnist_tribigan").data.labels_per_class == 60  # 600 of 60000 = 1%
 
 
+def test_tripletgan_recipe_and_its_baseline_train_the_same_network_on_the_same_labels():
+    gan, base = recipe("fmnist_tripletgan"), recipe("fmnist_triplet_mlp")
+    assert (gan.model.family, base.model.family) == ("tripletgan", "triplet")
+    assert gan.model.embedding_dim == base.model.latent_dim == 16
+    for field in ("arch", "norm", "input_noise", "hidden_noise", "dropout"):
+        assert getattr(gan.model, field) == getattr(base.model, field), field
+    assert gan.data == base.data and gan.optim == base.optim and gan.train.steps == base.train.steps
+
+
 @pytest.mark.parametrize("name", ["cifar10_tribigan", "cifar10_mbgan", "svhn_tribigan", "celeba_mbgan"])
 def test_gpu_recipes_use_paper_widths_and_gpu_workers(name):
     cfg = recipe(name)

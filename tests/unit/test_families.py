@@ -8,6 +8,7 @@ from tgan.losses.base import Batch
 from tgan.losses.bigan import BiGANLoss, TriBiGANLoss
 from tgan.losses.dcgan import DCGANLoss
 from tgan.losses.mbgan import MBGANLoss
+from tgan.losses.tripletgan import TripletGANLoss
 from tgan.models.dcgan import channel_widths
 from tgan.families import FAMILIES, get_family
 
@@ -16,6 +17,7 @@ EXPECTED = {
     "tribigan": ({"D": ("D",), "G": ("G", "E")}, {"G", "E", "D"}, TriBiGANLoss, "normal", {"E"}),
     "mbgan": ({"D": ("D",), "G": ("G",)}, {"G", "D"}, MBGANLoss, "uniform", {"D", "D_conv"}),
     "dcgan": ({"D": ("D",), "G": ("G",)}, {"G", "D"}, DCGANLoss, "uniform", {"D_conv"}),
+    "tripletgan": ({"D": ("D",), "G": ("G",)}, {"G", "D"}, TripletGANLoss, "uniform", {"D", "D_conv"}),
 }
 
 

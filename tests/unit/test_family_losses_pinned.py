@@ -23,6 +23,9 @@ RUNS = {
     "mbgan_conditional": ["model.family=mbgan", "model.conditional=true", "data.labelled_batch_size=0"],
     "dcgan": ["model.family=dcgan", "data.labelled_batch_size=0"],
     "dcgan_two_g_steps": ["model.family=dcgan", "loss.g_steps_per_d_step=2", "data.labelled_batch_size=0"],
+    "tripletgan": ["model.family=tripletgan", "model.embedding_dim=8"],
+    "tripletgan_mlp": ["model.family=tripletgan", "model.embedding_dim=8", "model.arch=mlp", "model.norm=weight",
+                       "model.input_noise=0.3", "model.hidden_noise=0.5", "loss.feature_matching=hidden"],
 }
 
 

@@ -68,11 +68,11 @@ def test_memory_estimate_grows_as_n_squared_and_bounds_the_old_cube():
 
 def test_dry_run_check_names_the_knobs():
     cfg = load_config("launch/recipes/cifar10_tribigan.yaml", ["cluster.num_workers=128"])
-    check_mining_memory(cfg)  # 4096 labelled rows fit
+    check_mining_memory(cfg, cfg.model.latent_dim)  # tribigan mines E(x); 4096 labelled rows fit
     huge = load_config("launch/recipes/cifar10_tribigan.yaml", ["cluster.num_workers=4096",
                                                                  "data.labelled_batch_size=64"])
     with pytest.raises(ConfigError, match="data.labelled_batch_size.*cluster.num_workers.*loss.miner=hard"):
-        check_mining_memory(huge)
+        check_mining_memory(huge, huge.model.latent_dim)
 
 
 def test_mining_stays_float32_under_bf16_autocast():

@@ -5,6 +5,7 @@ from torch import nn
 
 from tgan.models.dcgan import ConvTrunk, Generator, channel_widths, conv_plan
 from tgan.models.networks import Encoder, JointDiscriminator, MetricDiscriminator, ProbDiscriminator
+from tgan.models.regularisers import Regularisers, WeightNormed
 
 W = 0.125  # 8..64 channels: fast on CPU
 
@@ -58,7 +59,12 @@ def test_dcgan_conventions():
     trunk = ConvTrunk(3, 32, 1.0)
     has_bn = [any(isinstance(m, nn.BatchNorm2d) for m in layer) for layer in trunk.layers]
     assert has_bn == [False, True, True, True]  # no BN on D's first layer
-    assert all(isinstance(layer[-1], nn.LeakyReLU) and layer[-1].negative_slope == 0.2 for layer in trunk.layers)
+    # LeakyReLU(0.2) after every conv (then the regularisers' noise and dropout, off by default)
+    activations = [layer[-1 if k == 3 else -3] for k, layer in enumerate(trunk.layers)]
+    assert all(isinstance(a, nn.LeakyReLU) and a.negative_slope == 0.2 for a in activations)
+    weight_normed = ConvTrunk(3, 32, 1.0, Regularisers(norm="weight"))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in weight_normed.modules())
+    assert all(isinstance(layer[0], WeightNormed) for layer in weight_normed.layers)
     g = Generator(100, 3, 32, 1.0)
     last = g.layers[-1]
     assert not any(isinstance(m, nn.BatchNorm2d) for m in last) and isinstance(last[-1], nn.Tanh)

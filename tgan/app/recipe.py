@@ -36,6 +36,7 @@ def world_arithmetic(cfg: Config) -> str:
     """How the per-rank batch sizes add up over cluster.num_workers ranks."""
     from tgan.families import get_family
     from tgan.losses.mining import mining_summary
+    from tgan.resolve import mining_dim
 
     w, d = cfg.cluster.num_workers, cfg.data
     lines = [f"world size: {w} (cluster.num_workers, backend {cfg.cluster.backend}, "
@@ -44,7 +45,7 @@ def world_arithmetic(cfg: Config) -> str:
     if d.has_labels and d.labelled_batch_size > 0:
         lines.append(f"global labelled batch: {w} x {d.labelled_batch_size} (data.labelled_batch_size) = "
                      f"{w * d.labelled_batch_size} labelled images per step (triplets are mined over all of them)")
-    lines.append(mining_summary(cfg) if get_family(cfg.model.family).mines_triplets
+    lines.append(mining_summary(cfg, mining_dim(cfg)) if get_family(cfg.model.family).mines_triplets
                  else f"triplet mining: none (model.family={cfg.model.family})")
     lines.append(f"images seen: {cfg.train.steps} steps x {w * d.batch_size} = {cfg.train.steps * w * d.batch_size}")
     return "\n".join(lines)

@@ -112,8 +112,12 @@ class Family:
     check: Callable[[Config], None] = refuse_conditional
     """Called when a config of this family is resolved; raises ConfigError naming the field."""
     mines_triplets: bool = False
-    """A phase mines triplets over every rank's labelled E(x) (latent_dim wide): --dry-run bounds the
-    memory that takes per rank (tgan.losses.mining.mining_summary)."""
+    """A phase mines triplets over every rank's labelled embeddings: --dry-run bounds the memory that
+    takes per rank (tgan.losses.mining.mining_summary)."""
+    embedding_size: str = "latent_dim"
+    """The model config field that is the mined embeddings' width (E(x): latent_dim; tripletgan's D(x): embedding_dim)."""
+    archs: tuple[str, ...] = ("dcgan",)
+    """The model.arch values the family builds networks for."""
     generator: str | None = "G"
     """The network that maps z (drawn from `prior`) to images, scored by the generation metric; None
     for a family without one."""

@@ -9,12 +9,13 @@ from tgan.families.base import Family, Group, PictureInputs, Role
 from tgan.losses.bigan import BiGANLoss
 from tgan.models.dcgan import Generator
 from tgan.models.networks import Encoder, JointDiscriminator
+from tgan.models.regularisers import regularisers
 
 
 def networks(m, channels: int, image_size: int, num_classes: int) -> dict[str, nn.Module]:
     return {"G": Generator(m.latent_dim, channels, image_size, m.width),
-            "E": Encoder(channels, image_size, m.width, m.latent_dim),
-            "D": JointDiscriminator(channels, image_size, m.width, m.latent_dim)}
+            "E": Encoder(channels, image_size, m.width, m.latent_dim, regularisers(m)),
+            "D": JointDiscriminator(channels, image_size, m.width, m.latent_dim, regularisers(m))}
 
 
 def encoder_features(nets, x):

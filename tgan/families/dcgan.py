@@ -8,11 +8,12 @@ from tgan.families.bigan import generator_pictures
 from tgan.losses.dcgan import DCGANLoss
 from tgan.models.dcgan import Generator
 from tgan.models.networks import ProbDiscriminator
+from tgan.models.regularisers import regularisers
 
 
 def networks(m, channels: int, image_size: int, num_classes: int) -> dict[str, nn.Module]:
     return {"G": Generator(m.latent_dim, channels, image_size, m.width),
-            "D": ProbDiscriminator(channels, image_size, m.width)}
+            "D": ProbDiscriminator(channels, image_size, m.width, regularisers(m))}
 
 
 def features(nets, x):

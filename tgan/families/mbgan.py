@@ -9,12 +9,13 @@ from tgan.families.bigan import generator_pictures
 from tgan.losses.mbgan import MBGANLoss
 from tgan.models.dcgan import Generator
 from tgan.models.networks import MetricDiscriminator
+from tgan.models.regularisers import regularisers
 
 
 def networks(m, channels: int, image_size: int, num_classes: int) -> dict[str, nn.Module]:
     classes = num_classes if m.conditional else 0
     return {"G": Generator(m.latent_dim, channels, image_size, m.width, classes),
-            "D": MetricDiscriminator(channels, image_size, m.width, m.embedding_dim, classes)}
+            "D": MetricDiscriminator(channels, image_size, m.width, m.embedding_dim, classes, regularisers(m))}
 
 
 def features(nets, x):

@@ -9,7 +9,8 @@ from tgan.losses.bigan import TriBiGANLoss
 def loss(loss_cfg, model_cfg, num_classes: int) -> TriBiGANLoss:
     return TriBiGANLoss(latent_dim=model_cfg.latent_dim, nonsaturating=loss_cfg.nonsaturating,
                         weight=loss_cfg.triplet_weight, form=loss_cfg.triplet_form, miner=loss_cfg.miner,
-                        margin=loss_cfg.triplet_margin)
+                        margin=loss_cfg.triplet_margin, consistency_weight=loss_cfg.consistency_weight,
+                        consistency_sigma=loss_cfg.consistency_sigma)
 
 
 def check(cfg) -> None:

@@ -16,7 +16,9 @@ from tgan.families.base import Family, Group, PictureInputs, Role, need_labels, 
 from tgan.families.bigan import encoder_features
 from tgan.losses.base import Batch, GANLoss, Nets, detach_scalars
 from tgan.losses.mining import global_triplet_loss
+from tgan.models.mlp import MLPEmbedder
 from tgan.models.networks import Encoder
+from tgan.models.regularisers import regularisers
 
 
 class TripletLoss(GANLoss):
@@ -36,7 +38,11 @@ class TripletLoss(GANLoss):
 
 
 def networks(m, channels: int, image_size: int, num_classes: int) -> dict[str, nn.Module]:
-    return {"E": Encoder(channels, image_size, m.width, m.latent_dim)}
+    """tribigan's E, or with model.arch=mlp tripletgan's MLP D (set latent_dim to its embedding_dim): the
+    same network and regularisers as the GAN's, with no GAN."""
+    if m.arch == "mlp":
+        return {"E": MLPEmbedder(channels, image_size, m.latent_dim, regularisers(m))}
+    return {"E": Encoder(channels, image_size, m.width, m.latent_dim, regularisers(m))}
 
 
 def loss(loss_cfg, model_cfg, num_classes: int) -> TripletLoss:
@@ -58,4 +64,4 @@ FAMILY = Family(
     # The generator role: E learns at optim.lr_g, as tribigan's E does.
     groups_in_order=(Group("E", ("E",), TripletLoss.e_loss, Role.GENERATOR),),
     prior=None, generator=None, networks=networks, loss=loss, eval_features=encoder_features, pictures=pictures,
-    check=check, mines_triplets=True)
+    check=check, mines_triplets=True, archs=("dcgan", "mlp"))

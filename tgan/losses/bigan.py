@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from tgan.losses.base import Batch, GANLoss, Nets, detach_scalars, sample_z
 from tgan.losses.mining import global_triplet_loss
+from tgan.losses.tripletgan import consistency
 
 
 class BiGANLoss(GANLoss):
@@ -58,15 +59,18 @@ class TriBiGANLoss(BiGANLoss):
     """BiGAN plus, in the G/E phase, triplet_weight * triplet(E(xl), yl) mined over all ranks.
 
     The triplet loss acts on E(x) directly (the latent code is the embedding), on the labelled
-    stream only (Batch.labelled); the D phase is BiGAN's.
+    stream only (Batch.labelled); the D phase is BiGAN's. With consistency_weight > 0 the G/E phase
+    adds that times tripletgan's consistency term on E of the unlabelled batch (off by default).
     """
 
     def __init__(self, *, latent_dim: int, nonsaturating: bool = True, weight: float = 1.0,
-                 form: str = "softmax", miner: str = "all", margin: float = 1.0):
+                 form: str = "softmax", miner: str = "all", margin: float = 1.0, consistency_weight: float = 0.0,
+                 consistency_sigma: float = 0.15):
         super().__init__(latent_dim=latent_dim, nonsaturating=nonsaturating)
         if miner == "semihard" and margin <= 0:
             raise ValueError(f"loss.triplet_margin={margin} selects no triplet with loss.miner=semihard: use > 0")
         self.weight, self.form, self.miner, self.margin = weight, form, miner, margin
+        self.consistency_weight, self.consistency_sigma = consistency_weight, consistency_sigma
 
     def _g_terms(self, nets: Nets, batch: Batch):
         loss, scalars = super()._g_terms(nets, batch)
@@ -74,4 +78,8 @@ class TriBiGANLoss(BiGANLoss):
         triplet, count = global_triplet_loss(nets["E"](xl), yl, form=self.form, miner=self.miner,
                                              margin=self.margin)
         scalars.update({"loss/triplet": triplet, "triplets": count})
-        return loss + self.weight * triplet, scalars
+        loss = loss + self.weight * triplet
+        if self.consistency_weight > 0:
+            scalars["loss/consistency"] = consistency(nets["E"](batch.x), nets["E"], batch.x, self.consistency_sigma)
+            loss = loss + self.consistency_weight * scalars["loss/consistency"]
+        return loss, scalars

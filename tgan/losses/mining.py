@@ -83,6 +83,13 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
+def global_sum(x: torch.Tensor) -> torch.Tensor:
+    """x summed over every rank (x itself with no process group). Its backward sums every rank's
+    gradient, so a loss computed identically on every rank from it gives rank r W times its rows'
+    single-process gradient, which DDP's average turns back into the exact one (the factor above)."""
+    return _AllReduceSum.apply(x) if is_dist() else x
+
+
 def gather_rows(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(global embeddings, global labels): every rank's rows, in rank order.
 
@@ -153,31 +160,31 @@ def dense_mining_bytes(rows: int, miner: str) -> int:
     return 32 * rows**3 // 10 if miner == "all" else 4 * rows**3
 
 
-def _mining_need(cfg: Config) -> tuple[int, int, int]:
-    """(global labelled rows, rows per rank, bytes per rank) of a config's triplet mining."""
+def _mining_need(cfg: Config, dim: int) -> tuple[int, int, int]:
+    """(global labelled rows, rows per rank, bytes per rank) of a config's triplet mining over `dim`-wide
+    embeddings (the family's embedding size: tgan.resolve.mining_dim)."""
     per_rank = cfg.data.labelled_batch_size
     rows = cfg.cluster.num_workers * per_rank
     on_gpu = cfg.cluster.use_gpu or cfg.train.device.startswith("cuda") or (
         cfg.train.device == "auto" and torch.cuda.is_available())
-    # E(x) is latent_dim wide
-    return rows, per_rank, mining_memory_bytes(rows, per_rank, cfg.model.latent_dim, cfg.loss.miner, on_gpu)
+    return rows, per_rank, mining_memory_bytes(rows, per_rank, dim, cfg.loss.miner, on_gpu)
 
 
-def mining_summary(cfg: Config) -> str:
+def mining_summary(cfg: Config, dim: int) -> str:
     """The dry run's line about triplet mining (for a family that mines triplets)."""
-    rows, per_rank, need = _mining_need(cfg)
+    rows, per_rank, need = _mining_need(cfg, dim)
     was = "" if cfg.loss.miner == "hard" else \
         f"; the dense miner needed {dense_mining_bytes(rows, cfg.loss.miner) / 2**30:.1f} GiB"
     return (f"triplet mining (loss.miner={cfg.loss.miner}): {rows} global labelled rows, at most "
             f"{need / 2**20:.1f} MiB per rank (limit loss.mining_memory_gb={cfg.loss.mining_memory_gb:g}{was})")
 
 
-def check_mining_memory(cfg: Config) -> None:
+def check_mining_memory(cfg: Config, dim: int) -> None:
     """Refuse (ConfigError) a config whose triplet mining needs more than loss.mining_memory_gb per rank
     (for a family that mines triplets: tgan.resolve asks)."""
     from tgan.config import ConfigError
 
-    rows, per_rank, need = _mining_need(cfg)
+    rows, per_rank, need = _mining_need(cfg, dim)
     if need > cfg.loss.mining_memory_gb * 2**30:
         raise ConfigError(
             f"triplet mining over {rows} labelled rows needs about {need / 2**30:.1f} GiB per rank, more than "

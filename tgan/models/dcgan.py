@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgan.config import IMAGE_SIZES
+from tgan.models.regularisers import Regularisers, WeightNormed, after_hidden, input_noise
 
 NUM_LAYERS = 4
 BASE_SIDE = 4
@@ -79,24 +80,36 @@ def one_hot(y: torch.Tensor | None, num_classes: int, n: int, like: torch.Tensor
 
 
 class ConvTrunk(nn.Module):
-    """D's four conv layers: x [B, C, S, S] -> [B, 512*width, 4, 4]. Shared by D and E."""
+    """D's four conv layers: x [B, C, S, S] -> [B, 512*width, 4, 4]. Shared by D and E.
 
-    def __init__(self, in_channels: int, image_size: int, width: float):
+    `reg` (tgan/models/regularisers.py): with norm=weight every layer is weight-normalised (fixed
+    scale, data-dependent init) and none has batch norm; noise goes on the input and, with dropout,
+    after every layer but the last, whose output the heads read."""
+
+    def __init__(self, in_channels: int, image_size: int, width: float, reg: Regularisers = Regularisers()):
         super().__init__()
         layers, c_in = [], in_channels
-        for k, ((stride, _), c_out) in enumerate(zip(conv_plan(image_size), channel_widths(width))):
-            block = [nn.Conv2d(c_in, c_out, 5, stride, 2, bias=k == 0)]
-            if k > 0:  # DCGAN: no BN on the discriminator's first layer
-                block.append(nn.BatchNorm2d(c_out))
+        plan = list(zip(conv_plan(image_size), channel_widths(width)))
+        for k, ((stride, _), c_out) in enumerate(plan):
+            if reg.norm == "weight":
+                block = [WeightNormed.conv(c_in, c_out, 5, stride, 2)]
+            else:
+                block = [nn.Conv2d(c_in, c_out, 5, stride, 2, bias=k == 0)]
+                if k > 0:  # DCGAN: no BN on the discriminator's first layer
+                    block.append(nn.BatchNorm2d(c_out))
             block.append(nn.LeakyReLU(0.2))
+            if k < len(plan) - 1:
+                block += after_hidden(reg)
             layers.append(nn.Sequential(*block))
             c_in = c_out
+        self.noise = input_noise(reg)
         self.layers = nn.ModuleList(layers)
         self.out_features = c_in * BASE_SIDE * BASE_SIDE
         init_dcgan(self)
 
     def activations(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every conv layer's output (after its activation), for the DCGAN feature protocol."""
+        x = self.noise(x)
         out = []
         for layer in self.layers:
             x = layer(x)

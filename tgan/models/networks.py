@@ -8,14 +8,16 @@ import torch
 from torch import nn
 
 from tgan.models.dcgan import ConvTrunk, init_dcgan, one_hot
+from tgan.models.regularisers import Regularisers
 
 
 class Encoder(nn.Module):
     """BiGAN's E(x) -> z [B, latent_dim]: D's conv trunk, then a linear head (unbounded, matching N(0, 1) z)."""
 
-    def __init__(self, channels: int, image_size: int, width: float, latent_dim: int):
+    def __init__(self, channels: int, image_size: int, width: float, latent_dim: int,
+                 reg: Regularisers = Regularisers()):
         super().__init__()
-        self.trunk = ConvTrunk(channels, image_size, width)
+        self.trunk = ConvTrunk(channels, image_size, width, reg)
         self.head = nn.Linear(self.trunk.out_features, latent_dim)
         init_dcgan(self)
 
@@ -31,10 +33,11 @@ class JointDiscriminator(nn.Module):
     (tests/integration/test_ray_train.py) pins; BatchNorm in the trunk and LeakyReLU already regularise D as in DCGAN.
     """
 
-    def __init__(self, channels: int, image_size: int, width: float, latent_dim: int):
+    def __init__(self, channels: int, image_size: int, width: float, latent_dim: int,
+                 reg: Regularisers = Regularisers()):
         super().__init__()
         hidden = max(1, round(512 * width))
-        self.trunk = ConvTrunk(channels, image_size, width)
+        self.trunk = ConvTrunk(channels, image_size, width, reg)
         self.z_mlp = nn.Sequential(nn.Linear(latent_dim, hidden), nn.LeakyReLU(0.2))
         self.joint = nn.Sequential(
             nn.Linear(self.trunk.out_features + hidden, 2 * hidden), nn.LeakyReLU(0.2), nn.Linear(2 * hidden, 1))
@@ -54,10 +57,11 @@ class MetricDiscriminator(nn.Module):
     evaluation features use that so a k-NN probe never sees the label it is asked to predict.
     """
 
-    def __init__(self, channels: int, image_size: int, width: float, embedding_dim: int, num_classes: int = 0):
+    def __init__(self, channels: int, image_size: int, width: float, embedding_dim: int, num_classes: int = 0,
+                 reg: Regularisers = Regularisers()):
         super().__init__()
         self.num_classes = num_classes
-        self.trunk = ConvTrunk(channels + num_classes, image_size, width)
+        self.trunk = ConvTrunk(channels + num_classes, image_size, width, reg)
         self.head = nn.Linear(self.trunk.out_features, embedding_dim)
         init_dcgan(self)
 
@@ -70,16 +74,18 @@ class MetricDiscriminator(nn.Module):
     def conv_activations(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
         return self.trunk.activations(self._input(x, y))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.trunk(self._input(x, y)).flatten(1))
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, *, with_hidden: bool = False):
+        """D(x) [B, K]; with_hidden: (the flat trunk output D(x) is computed from, D(x))."""
+        h = self.trunk(self._input(x, y)).flatten(1)
+        return (h, self.head(h)) if with_hidden else self.head(h)
 
 
 class ProbDiscriminator(nn.Module):
     """DCGAN's D(x) -> logit [B] (the probability of "real" is its sigmoid)."""
 
-    def __init__(self, channels: int, image_size: int, width: float):
+    def __init__(self, channels: int, image_size: int, width: float, reg: Regularisers = Regularisers()):
         super().__init__()
-        self.trunk = ConvTrunk(channels, image_size, width)
+        self.trunk = ConvTrunk(channels, image_size, width, reg)
         self.head = nn.Linear(self.trunk.out_features, 1)
         init_dcgan(self)
 
