@@ -25,10 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.ray_env import ClusterError
     from cluster.trainer import evaluate_checkpoint, run
     from tgan import runinfo
+    from tgan.app.baseline import ensure_baseline
     from tgan.eval.run import evaluated_files, report_text
     from tgan.train.loop import USER_ERRORS
 
     try:
+        ensure_baseline(cfg, lambda base: run(base, verbose=args.verbose))  # a second Ray Train run, first
         result = run(cfg, resume=args.resume, verbose=args.verbose)
     except (ClusterError, *USER_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)

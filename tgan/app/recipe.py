@@ -27,6 +27,7 @@ def recipe_parser(description: str) -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace) -> Config | int:
     """The validated Config, or the exit code when there is nothing to train: 0 after --dry-run
     printed the config, 2 after a config error was printed."""
+    from tgan.app.baseline import baseline_config
     from tgan.losses.mining import check_mining_memory  # torch, for the miner's own constants
     from tgan.train.checkpoint import baseline_checkpoint
 
@@ -34,6 +35,8 @@ def resolve_config(args: argparse.Namespace) -> Config | int:
         cfg = load_config(args.config, args.overrides)
         check_mining_memory(cfg)
         baseline_checkpoint(cfg)
+        if cfg.eval.baseline_recipe:
+            baseline_config(cfg)  # its recipe's mistakes before anything trains
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -21,12 +21,14 @@ def main(argv: list[str] | None = None) -> int:
         return cfg
     # Imported here so that --dry-run and config errors need neither the data nor the model code.
     from tgan import runinfo
+    from tgan.app.baseline import ensure_baseline
     from tgan.eval.run import evaluate, evaluated_files, report_text
     from tgan.train.checkpoint import best_checkpoint, read_best
     from tgan.train.loop import USER_ERRORS, train
 
     out = Path(cfg.train.out_dir)
     try:
+        ensure_baseline(cfg, train)
         result = train(cfg)
         table = None if args.no_eval else evaluate(cfg, result.nets, out / "eval")
     except USER_ERRORS as e:

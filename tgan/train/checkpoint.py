@@ -135,11 +135,14 @@ def find_checkpoint(path: str | Path) -> Path | None:
 
 
 def baseline_checkpoint(cfg: Config) -> Path | None:
-    """The checkpoint eval.baseline names (None when unset). Checked before training starts, so that a
+    """The checkpoint eval.baseline names (None when unset, or not trained yet while eval.baseline_recipe
+    will train it before this run: tgan/app/baseline.py). Checked before training starts, so that a
     run never learns at its last line that its comparison row cannot be made."""
     if not cfg.eval.baseline:
         return None
     found = find_checkpoint(cfg.eval.baseline)
+    if found is None and cfg.eval.baseline_recipe:
+        return None
     if found is None:
         raise ConfigError(f"eval.baseline={cfg.eval.baseline!r} holds no checkpoint: train that run first (its "
                           "recipe's train.out_dir, e.g. launch/recipes/digits_triplet.yaml) or set eval.baseline=''")
