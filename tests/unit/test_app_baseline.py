@@ -65,12 +65,14 @@ def test_baseline_takes_the_main_runs_data_budget_and_cluster_but_keeps_its_own_
     base = baseline_config(cfg)
     assert base.data == cfg.data and base.cluster == cfg.cluster
     assert (base.train.steps, base.train.seed, base.train.out_dir) == (6, 3, str(tmp_path / "base"))
-    assert (base.model.family, base.optim.lr, base.eval.baseline, base.eval.baseline_recipe) == ("triplet", 0.01, "", "")
+    assert (base.model.family, base.optim.lr) == ("triplet", 0.01)  # its own model and optimiser
+    assert (base.eval.baseline, base.eval.baseline_recipe) == ("", "")
 
 
 @pytest.mark.parametrize("change, extra, message", [
     ({}, ["eval.baseline="], "eval.baseline_recipe='{recipe}' needs eval.baseline"),
-    ({}, ["eval.baseline_recipe={tmp}/nope.yaml"], "eval.baseline_recipe='{tmp}/nope.yaml': recipe {tmp}/nope.yaml does not exist"),
+    ({}, ["eval.baseline_recipe={tmp}/nope.yaml"],
+     "eval.baseline_recipe='{tmp}/nope.yaml': recipe {tmp}/nope.yaml does not exist"),
     ({"data__dataset": "fashion-mnist"}, [], "trains on data.dataset=fashion-mnist: expected digits"),
     ({"train__out_dir": "elsewhere"}, [], "trains into train.out_dir='elsewhere' but eval.baseline="),
     ({"eval__every": 0}, [], "has eval.every=0: set it > 0"),

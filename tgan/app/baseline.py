@@ -65,7 +65,8 @@ def ensure_baseline(cfg: Config, train: Callable[[Config], object]) -> Path | No
     another budget is refused rather than shown beside this model."""
     if not cfg.eval.baseline_recipe:
         return None
-    from tgan.train.checkpoint import baseline_checkpoint, find_checkpoint, load_checkpoint  # torch: only when a baseline is asked for
+    # torch: imported only when a baseline is asked for
+    from tgan.train.checkpoint import baseline_checkpoint, find_checkpoint, load_checkpoint
 
     base = baseline_config(cfg)
     found = find_checkpoint(cfg.eval.baseline)
