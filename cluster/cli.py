@@ -40,11 +40,13 @@ def _train_on_ray(cfg, out: Path, resume: bool, verbose: bool) -> int:
     from cluster.ray_env import ClusterError
     from cluster.trainer import evaluate_checkpoint, run
     from tgan import runinfo
+    from tgan.app.baseline import ensure_baseline
     from tgan.evaluate import evaluated_files, report_text
     from tgan.train.loop import USER_ERRORS
 
     eval_dir = out / "eval"
     try:
+        ensure_baseline(cfg, lambda base: run(base, verbose=verbose))  # a second Ray Train run, first
         result = run(cfg, resume=resume, verbose=verbose)
         table = evaluate_checkpoint(result.checkpoint, eval_dir)
         summary = runinfo.record_phase(out, "evaluation", table["seconds"])

@@ -388,7 +388,13 @@ class EvalConfig:
     baseline: str = ""
     """A run directory (or one of its checkpoints) whose trained features the table shows beside this
     model's, scored on the same images: e.g. runs/digits_triplet, the triplet-only baseline of
-    digits_tribigan.yaml. Its last checkpoint must exist when training starts; empty = none."""
+    digits_tribigan.yaml. Its last checkpoint must exist when training starts (unless
+    eval.baseline_recipe trains it); empty = none."""
+    baseline_recipe: str = ""
+    """The recipe of the eval.baseline run (its train.out_dir must be eval.baseline): when eval.baseline
+    holds no checkpoint, that run is trained first, in the same job, on this run's data section,
+    train.steps, train.seed and cluster section (the same labels and budget); when it holds one, it
+    is reused (tgan/app/baseline.py). Empty = eval.baseline must have been trained before."""
 
     def __post_init__(self) -> None:
         _check(self.max_k >= 1, "eval.max_k", self.max_k, "an integer >= 1")
@@ -402,6 +408,9 @@ class EvalConfig:
         _check(self.live_fid_samples == 0 or self.live_fid_samples >= 2, "eval.live_fid_samples",
                self.live_fid_samples, "0 (off) or an integer >= 2")
         _check(self.classifier_steps >= 1, "eval.classifier_steps", self.classifier_steps, "an integer >= 1")
+        if self.baseline_recipe and not self.baseline:
+            raise ConfigError(f"eval.baseline_recipe={self.baseline_recipe!r} needs eval.baseline: the run "
+                              "directory it trains into (its recipe's train.out_dir)")
         if self.inception_weights and not Path(self.inception_weights).is_file():
             raise ConfigError(f"eval.inception_weights={self.inception_weights!r} does not exist: {INCEPTION_HINT}")
 

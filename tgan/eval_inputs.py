@@ -71,7 +71,8 @@ def check_eval_inputs(cfg: Config) -> None:
     """Before training: what the evaluation at its end reads besides the model, loaded once in full
     (the eval.baseline checkpoint, the eval.inception_weights network), so that a run never learns
     at its last line that one of them is missing, damaged or of other images. ConfigError naming the field."""
-    load_baseline(cfg)
+    if not (cfg.eval.baseline_recipe and ckpt.find_checkpoint(cfg.eval.baseline) is None):
+        load_baseline(cfg)  # else tgan.app.baseline trains it first, then loads it the same way
     if cfg.eval.inception_weights and cfg.eval.fid_samples and get_family(cfg.model.family).generator is not None:
         from tgan.eval.generation import inception_features  # torchmetrics: seconds to import, so only here
 

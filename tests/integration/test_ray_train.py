@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from cluster.metrics import METRIC_NAMES
 from cluster.trainer import evaluate_checkpoint, run
@@ -260,3 +261,26 @@ def test_two_workers_train_in_memory_mode(local_ray, debug_cfg, tmp_path):
     result = run(debug_cfg(out, "data.mode=memory", "cluster.metrics=false"))
     assert result.step == 4 and Path(result.checkpoint.path).name == "step_00000004"
     assert [r["step"] for r in _rows(out)] == [1, 2, 3, 4] and all(r["data/corrupt_samples"] == 0 for r in _rows(out))
+
+
+def test_main_job_trains_its_missing_baseline_as_a_second_ray_train_run(local_ray, shards, tmp_path, capsys):
+    """launch/train.py with eval.baseline_recipe and no baseline yet: one command trains the triplet-only
+    baseline (a Ray Train run of its own, same labels and steps), then the model, then prints one table
+    with both (reuse when present: tests/unit/test_app_baseline.py)."""
+    from launch.train import main
+
+    debug = Path(__file__).resolve().parents[2] / "launch" / "recipes" / "debug.yaml"
+    recipe = yaml.safe_load(debug.read_text())
+    recipe["model"]["family"] = "triplet"
+    recipe["train"]["out_dir"] = str(tmp_path / "base")
+    recipe["data"]["validation_size"] = 50
+    recipe["eval"]["every"] = 2
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(recipe))
+    sets = [f"data.shards={shards}", "data.validation_size=50", f"train.out_dir={tmp_path / 'main'}",
+            f"eval.baseline={tmp_path / 'base'}", f"eval.baseline_recipe={tmp_path / 'base.yaml'}",
+            "cluster.metrics=false", "cluster.report_every=2"]
+    assert main(["--config", str(debug), *[a for s in sets for a in ("--set", s)]]) == 0
+    out = capsys.readouterr().out
+    assert f"baseline: training triplet ({tmp_path / 'base.yaml'}, 4 steps, the same labels)" in out
+    assert (tmp_path / "base" / "ray" / "base").is_dir() and (tmp_path / "main" / "ray" / "main").is_dir()
+    assert "| model E |" in out and "| baseline triplet E |" in out

@@ -99,6 +99,7 @@ def test_a_baseline_run_without_a_checkpoint_is_refused_before_training(tmp_path
 def test_main_recipe_shows_its_triplet_only_baseline_trained_the_same_way():
     main, base = recipe("digits_tribigan"), recipe("digits_triplet")
     assert main.eval.baseline == base.train.out_dir and base.model.family == "triplet"
+    assert RECIPES / Path(main.eval.baseline_recipe).name == RECIPES / "digits_triplet.yaml"  # trained when missing
     assert (main.data, main.train.steps, main.optim) == (base.data, base.train.steps, base.optim)
 
 

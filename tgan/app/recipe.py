@@ -17,10 +17,13 @@ from tgan.resolve import load_config
 def resolve_config(recipe: str, overrides: list[str], *, dry_run: bool = False) -> Config | int:
     """The validated Config of `recipe` with the dotted `overrides` ("loss.alpha=20"), or the exit code
     when there is nothing to train: 0 after `dry_run` printed the config, 2 after a config error was printed."""
+    from tgan.app.baseline import baseline_config
     from tgan.eval_inputs import check_eval_inputs
 
     try:
         cfg = load_config(recipe, overrides)  # with the family's and the miner's checks
+        if cfg.eval.baseline_recipe:
+            baseline_config(cfg)  # its recipe's mistakes before anything trains
         check_eval_inputs(cfg)  # the baseline run and the Inception weights, loaded before any training
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -43,12 +43,14 @@ def train_and_evaluate(cfg, *, evaluate_after: bool = True) -> int:
 def _train_and_evaluate(cfg, out: Path, evaluate_after: bool) -> int:
     # Imported here so that --dry-run and config errors need neither the data nor the model code.
     from tgan import runinfo
+    from tgan.app.baseline import ensure_baseline
     from tgan.evaluate import evaluate as evaluate_networks, evaluated_files, report_text
     from tgan.train.checkpoint import best_checkpoint, read_best
     from tgan.train.loop import USER_ERRORS, train
 
     stop = threading.Event()
     try:
+        ensure_baseline(cfg, train)
         with _first_interrupt_sets(stop):
             result = train(cfg, stop=stop)
         if result.interrupted:
