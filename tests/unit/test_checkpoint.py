@@ -226,9 +226,15 @@ def test_a_planted_pickle_is_never_executed_by_resume_or_evaluate(shards, run_co
     shutil.copy(tmp_path / "evil.pt", newest / "state.pt")
     if manifest == "rewritten by the attacker":
         ckpt.write_manifest(newest, rank=0, world_size=1, step=4)
-    assert evaluate_main([str(run_copy)]) == 1
+    # The checkpoint itself is refused in one line naming the file ...
+    assert evaluate_main([str(newest), "--set", "eval.pictures=false"]) == 1
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and str(newest / "state.pt") in error
+    assert error.count("\n") == 1 and str(newest / "state.pt") in error and not marker.exists()
+    # ... and the run directory's evaluation skips it (one line) for the older one, as resume does.
+    assert evaluate_main([str(run_copy), "--set", "eval.pictures=false"]) == 0
+    out, error = capsys.readouterr()
+    assert error.count("\n") == 1 and f"checkpoint {newest} skipped: {newest / 'state.pt'}" in error
+    assert "checkpoints/step_00000002:" in out and not marker.exists()
     # Resume skips it (one line naming the file) and continues from the older checkpoint.
     result = train(cfg_for(shards, run_copy, "train.steps=5"))
     assert result.step == 5 and not marker.exists()
