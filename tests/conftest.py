@@ -74,22 +74,3 @@ def s3_debug_shards(s3_bucket, debug_shards):
     shards = sorted(p.name for p in debug_shards.glob("*.tar"))
     upload_tree(debug_shards, f"{s3_bucket}/digits-16", [*shards, "index.json"])
     return f"{s3_bucket}/digits-16"
-
-
-_EXIT_STATUS: list[int] = []
-
-
-def pytest_sessionfinish(session, exitstatus):
-    _EXIT_STATUS.append(int(exitstatus))
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config):
-    """Leave with pytest's own exit status once the report is written, without the interpreter's
-    teardown: after a full run (Ray sessions, gloo process groups, inductor's compile workers, the
-    moto server) that teardown once crashed with SIGSEGV (exit 139) after "455 passed", which
-    would fail CI on a run whose every test passed."""
-    if _EXIT_STATUS:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(_EXIT_STATUS[0])
