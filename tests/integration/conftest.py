@@ -1,4 +1,4 @@
-"""One real local Ray for the whole session (started like launch/train.py does, with a metrics port),
+"""One real local Ray shared by the integration tests (started like launch/train.py does, with a metrics port),
 and helpers shared by the integration tests."""
 import os
 from pathlib import Path
@@ -25,39 +25,51 @@ def shards(debug_shards):
     return debug_shards
 
 
-@pytest.fixture(scope="session")
-def _session_ray():
-    """The session's shared local Ray: {"gcs": its GCS address, "url": its metrics URL} once started."""
-    shared: dict[str, str] = {}
-    saved = os.environ.pop("RAY_ADDRESS", None)  # a local Ray, whatever cluster the caller's shell names
-    yield shared
+_SHARED: dict[str, str] = {}
+"""The shared local Ray once started: its GCS address ("gcs"), metrics URL ("url"), and the RAY_ADDRESS
+it set aside ("saved_address", when there was one)."""
+
+
+def _shared_running() -> bool:
     import ray
 
-    if shared and ray.is_initialized() and ray.get_runtime_context().gcs_address == shared["gcs"]:
-        ray.shutdown()
-    if saved is not None:
-        os.environ["RAY_ADDRESS"] = saved
+    return bool(_SHARED) and ray.is_initialized() and ray.get_runtime_context().gcs_address == _SHARED["gcs"]
 
 
 @pytest.fixture(scope="module")
-def local_ray(_session_ray):
-    """One Ray started in this process for the whole session (started like launch/train.py does, see
-    cluster.ray_env.connect), which cluster.trainer.run reuses: each start costs seconds to tens of
-    seconds on a loaded machine, and the runs that share it leave nothing behind (Ray Train removes
-    each run's actors and placement groups). A test module that starts its own cluster stops this one
-    first (fixture `no_ray`); it is started again by the next module that asks for it. Yields its
-    metrics URL."""
+def local_ray():
+    """One Ray started in this process and shared by every module that asks for it (started like
+    launch/train.py does, see cluster.ray_env.connect, with its retry of a start that times out),
+    which cluster.trainer.run reuses: a start costs seconds on a quiet machine and minutes on a
+    loaded one, and the runs that share it leave nothing behind (Ray Train removes each run's
+    actors and placement groups). A test that starts its own Ray stops this one first (fixture
+    `no_ray`); the next module that asks for it starts it again. Yields its metrics URL."""
     import ray
 
     from cluster.ray_env import connect
 
-    if not (_session_ray and ray.is_initialized() and ray.get_runtime_context().gcs_address == _session_ray["gcs"]):
+    if not _shared_running():
         if ray.is_initialized():
             ray.shutdown()
-        os.environ.pop("RAY_ADDRESS", None)
+        _SHARED.clear()
+        saved = os.environ.pop("RAY_ADDRESS", None)  # a local Ray, whatever cluster the caller's shell names
         url = connect().metrics_url
-        _session_ray.update(gcs=ray.get_runtime_context().gcs_address, url=url)
-    return _session_ray["url"]
+        _SHARED.update(gcs=ray.get_runtime_context().gcs_address, url=url, **({"saved_address": saved} if saved else {}))
+    return _SHARED["url"]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the shared Ray after the last test of this directory (the tests after it run without an
+    idle Ray's processes beside them) and at the end of the session: nothing of it outlives pytest."""
+    if _SHARED and (nextitem is None or nextitem.path.parent != item.path.parent):
+        import ray
+
+        if _shared_running():
+            ray.shutdown()
+        if "saved_address" in _SHARED:
+            os.environ["RAY_ADDRESS"] = _SHARED["saved_address"]
+        _SHARED.clear()
 
 
 @pytest.fixture
