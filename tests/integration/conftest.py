@@ -1,5 +1,5 @@
-"""One real local Ray shared by the integration tests (started like launch/train.py does, with a metrics port),
-and helpers shared by the integration tests."""
+"""One real local Ray shared by the integration tests (started like launch/train.py does, with a
+metrics port), and helpers shared by the integration tests."""
 import os
 from pathlib import Path
 
@@ -54,7 +54,9 @@ def local_ray():
         _SHARED.clear()
         saved = os.environ.pop("RAY_ADDRESS", None)  # a local Ray, whatever cluster the caller's shell names
         url = connect().metrics_url
-        _SHARED.update(gcs=ray.get_runtime_context().gcs_address, url=url, **({"saved_address": saved} if saved else {}))
+        _SHARED.update(gcs=ray.get_runtime_context().gcs_address, url=url)
+        if saved is not None:
+            _SHARED["saved_address"] = saved
     return _SHARED["url"]
 
 
