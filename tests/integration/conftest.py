@@ -33,7 +33,7 @@ it set aside ("saved_address", when there was one)."""
 def _shared_running() -> bool:
     import ray
 
-    return bool(_SHARED) and ray.is_initialized() and ray.get_runtime_context().gcs_address == _SHARED["gcs"]
+    return ray.is_initialized() and ray.get_runtime_context().gcs_address == _SHARED.get("gcs")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def local_ray():
     which cluster.trainer.run reuses: a start costs seconds on a quiet machine and minutes on a
     loaded one, and the runs that share it leave nothing behind (Ray Train removes each run's
     actors and placement groups). A test that starts its own Ray stops this one first (fixture
-    `no_ray`); the next module that asks for it starts it again. Yields its metrics URL."""
+    `no_ray`); the next module that asks for it starts it again. Its value: the metrics URL."""
     import ray
 
     from cluster.ray_env import connect
@@ -51,12 +51,10 @@ def local_ray():
     if not _shared_running():
         if ray.is_initialized():
             ray.shutdown()
-        _SHARED.clear()
-        saved = os.environ.pop("RAY_ADDRESS", None)  # a local Ray, whatever cluster the caller's shell names
+        if "RAY_ADDRESS" in os.environ:  # a local Ray, whatever cluster the caller's shell names
+            _SHARED["saved_address"] = os.environ.pop("RAY_ADDRESS")
         url = connect().metrics_url
         _SHARED.update(gcs=ray.get_runtime_context().gcs_address, url=url)
-        if saved is not None:
-            _SHARED["saved_address"] = saved
     return _SHARED["url"]
 
 
