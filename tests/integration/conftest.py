@@ -26,15 +26,8 @@ def shards(debug_shards):
 
 
 _SHARED: dict[str, str] = {}
-"""The shared local Ray once started: its GCS address ("gcs"), metrics URL ("url"), the S3 settings it
-started with ("s3"), and the RAY_ADDRESS it set aside ("saved_address", when there was one)."""
-
-
-def _s3_settings() -> str:
-    """The AWS_* variables that tests/conftest.py's s3_endpoint sets: Ray's workers inherit the
-    environment of the moment Ray started, so a Ray started before them cannot reach the bucket."""
-    return " ".join(f"{k}={os.environ.get(k, '')}" for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                                                               "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"))
+"""The shared local Ray once started: its GCS address ("gcs"), metrics URL ("url"), and the RAY_ADDRESS
+it set aside ("saved_address", when there was one)."""
 
 
 def _shared_running() -> bool:
@@ -44,25 +37,26 @@ def _shared_running() -> bool:
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def local_ray(s3_endpoint):
     """One Ray started in this process and shared by every module that asks for it (started like
     launch/train.py does, see cluster.ray_env.connect, with its retry of a start that times out),
     which cluster.trainer.run reuses: a start costs seconds on a quiet machine and minutes on a
     loaded one, and the runs that share it leave nothing behind (Ray Train removes each run's
     actors and placement groups). A test that starts its own Ray stops this one first (fixture
-    `no_ray`), and a module that set the S3 variables since it started (its workers would not see
-    them) gets a new one. Its value: the metrics URL."""
+    `no_ray`); the next module that asks for it starts it again. The session's S3 server starts
+    first: Ray's workers inherit the environment of Ray's start, and test_ray_s3's workers must
+    find the server in AWS_ENDPOINT_URL. Its value: the metrics URL."""
     import ray
 
     from cluster.ray_env import connect
 
-    if not (_shared_running() and _SHARED["s3"] == _s3_settings()):
+    if not _shared_running():
         if ray.is_initialized():
             ray.shutdown()
         if "RAY_ADDRESS" in os.environ:  # a local Ray, whatever cluster the caller's shell names
             _SHARED["saved_address"] = os.environ.pop("RAY_ADDRESS")
         url = connect().metrics_url
-        _SHARED.update(gcs=ray.get_runtime_context().gcs_address, url=url, s3=_s3_settings())
+        _SHARED.update(gcs=ray.get_runtime_context().gcs_address, url=url)
     return _SHARED["url"]
 
 
