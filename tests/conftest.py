@@ -86,9 +86,11 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
     """Leave with pytest's own exit status once the report is written, without the interpreter's
-    teardown: after a full run (Ray sessions, gloo process groups, inductor's compile workers, the
-    moto server) that teardown once crashed with SIGSEGV (exit 139) after "455 passed", which
-    would fail CI on a run whose every test passed."""
+    teardown, which can crash with SIGSEGV (exit 139) after every test passed: once after a full
+    run, and again after `tests/integration/test_ray_faults.py -k overrides0` + `test_ray_s3.py`
+    (2 passed, exit 139). Under -X faulthandler that crash prints no Python stack, so it happens in
+    native code after Python's own finalization; Ray runs without S3 and S3 (moto, s3fs, pyarrow's
+    S3FileSystem) without Ray end cleanly. The cause is still open; this hook keeps CI green."""
     if _EXIT_STATUS:
         sys.stdout.flush()
         sys.stderr.flush()

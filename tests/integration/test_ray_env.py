@@ -48,7 +48,7 @@ def test_worker_env_finds_this_checkout_and_picks_deepspeeds_cpu_accelerator_onl
     assert cpu["PYTHONPATH"].split(os.pathsep)[0] == str(Path(cluster.__file__).resolve().parents[1])
 
 
-def test_a_local_ray_that_times_out_starting_is_stopped_and_started_again(monkeypatch, capsys):
+def test_a_local_ray_that_times_out_starting_is_stopped_and_started_again(no_ray, monkeypatch, capsys):
     """Ray gives a new node 30 s to register; on a loaded machine the first start can miss that.
     The failed start's processes (here a stand-in child) are killed and a real Ray starts next."""
     import ray
@@ -74,7 +74,7 @@ def test_a_local_ray_that_times_out_starting_is_stopped_and_started_again(monkey
         ray.shutdown()
 
 
-def test_a_local_ray_that_never_starts_names_the_tries_and_what_to_do(monkeypatch):
+def test_a_local_ray_that_never_starts_names_the_tries_and_what_to_do(no_ray, monkeypatch):
     import ray
 
     from cluster.ray_env import connect
@@ -90,7 +90,7 @@ def test_a_local_ray_that_never_starts_names_the_tries_and_what_to_do(monkeypatc
         connect()
 
 
-def test_a_local_start_that_fails_otherwise_is_not_tried_again(monkeypatch):
+def test_a_local_start_that_fails_otherwise_is_not_tried_again(no_ray, monkeypatch):
     import ray
 
     from cluster.ray_env import connect

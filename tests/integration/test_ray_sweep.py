@@ -31,23 +31,6 @@ LIVE = {"model.family": "mbgan", "data.labelled_batch_size": 0, "data.validation
 RESOURCES = {"num_workers": 1, "cpus_per_worker": 0.5}
 
 
-@pytest.fixture(scope="module")
-def sweep_ray():
-    """A local Ray started the way launch/sweep.py starts one (with the dashboard, see
-    cluster.ray_env.connect); yields its metrics URL."""
-    import ray
-
-    from cluster.ray_env import connect
-
-    if ray.is_initialized():
-        ray.shutdown()
-    saved = os.environ.pop("RAY_ADDRESS", None)
-    yield connect().metrics_url  # a local Ray with the dashboard, as sweeps need
-    ray.shutdown()
-    if saved is not None:
-        os.environ["RAY_ADDRESS"] = saved
-
-
 def run_spec(shards, out, raw, *, report=True):
     """The sweep's trials ranked; report=False leaves out the sweep's report (the best trial's test
     evaluation, sweep.csv, plots: seconds of work that only the ASHA test checks)."""
@@ -115,14 +98,14 @@ def test_a_sweep_interrupted_by_ctrl_c_finishes_with_resume_and_its_trial_contin
     assert last["step"] == 10 and last["started_from"] == trial and last["started_at"] >= 2
 
 
-def test_asha_stops_the_worse_trial_early_on_live_validation(sweep_ray, shards, tmp_path):
+def test_asha_stops_the_worse_trial_early_on_live_validation(local_ray, shards, tmp_path):
     # A 10-image gallery (one per class) gives a far higher validation mAP than a 300-image one, so
     # the second trial is the worse one at ASHA's first rung (step 2) and is stopped there.
     scraped, stop = [], threading.Event()
 
     def scrape():  # a dead worker's values leave the metrics endpoint, so look while trials run
         while not stop.wait(1.0):
-            text = urllib.request.urlopen(sweep_ray, timeout=10).read().decode()
+            text = urllib.request.urlopen(local_ray, timeout=10).read().decode()
             scraped.extend(line for line in text.splitlines() if line.startswith("ray_tgan_validation{"))
 
     scraper = threading.Thread(target=scrape, daemon=True)
@@ -158,7 +141,7 @@ def test_asha_stops_the_worse_trial_early_on_live_validation(sweep_ray, shards, 
     assert any('metric="knn5"' in line for line in scraped)
 
 
-def test_pbt_copies_the_better_trials_checkpoint_and_the_copy_continues_from_its_step(sweep_ray, shards,
+def test_pbt_copies_the_better_trials_checkpoint_and_the_copy_continues_from_its_step(local_ray, shards,
                                                                                      tmp_path):
     # The shipped PBT spec: synchronous PBT with two trials: at step 2 both wait, one is the lower
     # quantile and must clone the other (whatever their scores), so an exploit always happens. 3
