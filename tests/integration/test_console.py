@@ -28,7 +28,7 @@ def test_main_job_console_shows_progress_and_no_ray_noise(shards, tmp_path):
                           capture_output=True, text=True, timeout=420, env=env, cwd=tmp_path)
     console = proc.stdout + proc.stderr
     assert proc.returncode == 0, console[-3000:]
-    progress = re.findall(r"train (\d)/4 \(\d+%\) \| [\d.]+ s/step \| \d+ img/s \| ETA \S+ \| d [\d.]+ g [\d.]+ "
+    progress = re.findall(r"train (\d)/4 \(\d+%\) \| [\d.]+ (?:s/step|step/s) \| \d+ img/s \| ETA \S+ \| d [\d.]+ g [\d.]+ "
                           r"triplet [\d.]+$", proc.stdout, re.M)
     assert progress[0] == "1" and progress[-1] == "4", proc.stdout[-3000:]
     assert re.search(r"^eval 5/5 \(100%\)", proc.stdout, re.M)
