@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from tgan.config import Config, ConfigError, apply_overrides, config_from_dict
+from tgan.config import Config, ConfigError, apply_overrides
 from tgan.resolve import load_config
 
 SHARED = ("data", "cluster")
@@ -68,7 +68,7 @@ def ensure_baseline(cfg: Config, train: Callable[[Config], object]) -> Path | No
         return None
     # torch: imported only when a baseline is asked for
     from tgan.eval_inputs import load_baseline
-    from tgan.train.checkpoint import find_checkpoint, load_checkpoint
+    from tgan.train.checkpoint import find_checkpoint
 
     base = baseline_config(cfg)
     found = find_checkpoint(cfg.eval.baseline)
@@ -82,11 +82,10 @@ def ensure_baseline(cfg: Config, train: Callable[[Config], object]) -> Path | No
                               f"{cfg.eval.baseline_recipe}")
         load_baseline(cfg)  # verified in full, as before any run that names an existing baseline
         return found
-    saved = config_from_dict(load_checkpoint(found, whole=False)["config"])
+    saved, _ = load_baseline(cfg)  # verified in full before this run trains (a damaged newest one falls back)
     if _trained_on(saved) != _trained_on(base):
         raise ConfigError(f"eval.baseline={cfg.eval.baseline!r} was trained on other labels or another budget "
                           f"(dataset, size, labels, seeds, steps: {_trained_on(saved)} against this run's "
                           f"{_trained_on(base)}): delete it to retrain it, or point eval.baseline elsewhere")
     print(f"baseline: reusing {found} ({saved.model.family}, {cfg.eval.baseline_recipe})", flush=True)
-    load_baseline(cfg)  # verified in full before this run trains
     return found
